@@ -1,0 +1,314 @@
+"""The one typed configuration of a selfpick experiment.
+
+Every setting lives in a dataclass field with its help text, so the same definition drives:
+``selfpick train`` flags (``--initial-epochs``), config files (JSON/YAML, flat keys such as
+``initial_epochs`` or nested ``{"train": {"initial_epochs": 5}}``), ``config.json`` in the
+experiment folder, and the copy stored inside every model file.
+
+Units: ``particle_diameter`` is in pixels of the *original* micrographs; ``crop_size`` and
+anything called "model px" is in pixels after downsampling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from selfpick.errors import InputError
+
+
+def opt(default: Any, help: str, *, flag: str | None = None, choices: tuple | None = None,
+        aliases: tuple[str, ...] = (), cli: bool = True, factory: Any = None) -> Any:
+    """A dataclass field carrying its command-line help."""
+    meta = {"help": help, "flag": flag, "choices": choices, "aliases": aliases, "cli": cli}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class DataConfig:
+    image_dir: str | None = opt(None, "folder, glob or list file of labelled micrographs "
+                                "(MRC, TIFF, PNG/JPG, .npy)", aliases=("--images",))
+    coords_file: str | None = opt(None, "particle coordinates: a file (JSON, STAR, CSV, .box, "
+                                  ".cbox, Topaz text) or a folder of per-micrograph files",
+                                  aliases=("--coords",))
+    coords_format: str | None = opt(None, "coordinate format when detection is not wanted",
+                                    choices=("json", "star", "cryoppp", "box", "cbox", "topaz",
+                                             "csv"))
+    unlabeled_dir: str | None = opt(None, "micrographs without coordinates, used only through "
+                                    "pseudo-labels during self-training")
+    particle_diameter: float | None = opt(None, "particle diameter in original micrograph pixels "
+                                          "(default: from the coordinate file when it has one)")
+    particle_radius: float | None = opt(None, "particle radius in original pixels (the original "
+                                        "script's flag; --particle-diameter is preferred)")
+    pixel_size: float | None = opt(None, "Å per original pixel, used only when the micrograph "
+                                   "headers do not say")
+
+
+@dataclass
+class PreprocessConfig:
+    downsample: float = opt(0.0, "downsampling factor (original px per model px); 0 chooses it "
+                            "so a particle is --target-particle-px model pixels across")
+    target_particle_px: float = opt(20.0, "particle diameter in model pixels when the "
+                                    "downsampling factor is chosen automatically")
+    downsample_method: str = opt("fourier", "Fourier cropping (exact for any factor, keeps the "
+                                 "noise spectrum) or area averaging (faster)",
+                                 choices=("fourier", "area"))
+    clip_sigma: float = opt(5.0, "after robust standardisation, clip pixel values to +-this "
+                            "many robust standard deviations (hot pixels, ice crystals)")
+    lowpass_sigma: float = opt(0.0, "optional Gaussian low-pass, sigma in model pixels (0 = off)")
+
+
+@dataclass
+class ModelConfig:
+    depth: int = opt(3, "U-Net depth (number of 2x downsamplings)")
+    width: int = opt(16, "channels of the first U-Net level (doubled at each level)")
+    norm: str = opt("batch", "normalisation layers", choices=("batch", "group", "none"))
+
+
+@dataclass
+class TargetConfig:
+    positive_radius: float = opt(0.5, "radius of the positive disk around each centre, as a "
+                                 "fraction of the particle radius")
+    ignore_radius: float = opt(1.0, "outer radius of the ignored ring around each positive disk, "
+                               "as a fraction of the particle radius")
+
+
+@dataclass
+class LossConfig:
+    focal_alpha: float = opt(0.25, "focal loss alpha (weight of positive pixels)")
+    focal_gamma: float = opt(2.0, "focal loss gamma (down-weights easy pixels)")
+    pos_weight: float | None = opt(None, "pos_weight passed to binary_cross_entropy_with_logits "
+                                   "(class imbalance); unset = 1")
+    focal_weight: float = opt(0.7, "weight of the focal term in the combined loss")
+    dice_weight: float = opt(0.3, "weight of the Dice term in the combined loss")
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str | None = opt(None, "experiment folder to create", aliases=("--output",))
+    initial_epochs: int = opt(30, "epochs of supervised training (iteration 0)")
+    retrain_epochs: int = opt(10, "epochs of each self-training iteration")
+    batch_size: int = opt(8, "crops per optimisation step")
+    learning_rate: float = opt(3e-3, "AdamW learning rate (peak of the one-cycle schedule)")
+    weight_decay: float = opt(1e-4, "AdamW weight decay")
+    crop_size: int = opt(192, "side of the random training crops, in model pixels")
+    crops_per_epoch: int = opt(0, "crops per epoch; 0 = enough to cover the training "
+                               "micrographs' area once (at least 64)")
+    grad_clip: float = opt(1.0, "gradient norm clipping (0 = off)")
+    val_fraction: float = opt(0.1, "fraction of labelled micrographs held out for validation "
+                              "(at least one when there are two or more)")
+    seed: int = opt(0, "random seed for the split, Python, NumPy and torch")
+    deterministic: bool = opt(False, "use deterministic algorithms only (slower on GPU)")
+    device: str = opt("auto", "cpu, cuda, cuda:N or auto")
+    multi_gpu: bool = opt(False, "train on all visible GPUs with DistributedDataParallel "
+                          "(selfpick starts torchrun for you)")
+    workers: int = opt(0, "DataLoader worker processes (0 = load in the main process)")
+    amp: bool = opt(True, "mixed precision on CUDA (ignored on CPU)")
+    max_val_micrographs: int = opt(0, "evaluate at most this many validation micrographs "
+                                   "(0 = all)", cli=False)
+
+
+@dataclass
+class SelfTrainConfig:
+    self_training_iterations: int = opt(2, "self-training iterations after supervised training")
+    pseudo_label_mode: str = opt("peaks", "how pseudo-labels are made: 'peaks' adds disks at "
+                                 "confident detected particles (robust), 'pixel' thresholds "
+                                 "the probability map per pixel (the original script)",
+                                 choices=("peaks", "pixel"))
+    positive_threshold: float = opt(0.95, "pseudo-positive threshold at iteration 1")
+    negative_threshold: float = opt(0.05, "pseudo-negative threshold at iteration 1")
+    threshold_step: float = opt(0.02, "how much both thresholds relax per iteration")
+    positive_threshold_min: float = opt(0.80, "the positive threshold never relaxes below this")
+    negative_threshold_max: float = opt(0.20, "the negative threshold never relaxes above this")
+    threshold_schedule: str = opt("linear", "how thresholds relax over iterations",
+                                  choices=("linear", "constant"))
+    calibrate_thresholds: bool = opt(True, "in 'peaks' mode, express thresholds relative to the "
+                                     "validation-chosen picking threshold so the schedule works "
+                                     "with the model's real calibration")
+    early_stop_patience: int = opt(0, "stop self-training after this many iterations without a "
+                                   "better validation particle F1 (0 = never)")
+
+
+@dataclass
+class PickConfig:
+    threshold: float | None = opt(None, "score threshold for picks (default: the one the model "
+                                  "chose on validation)", cli=False)
+    min_distance: float = opt(0.5, "minimum distance between picks, as a fraction of the particle "
+                              "diameter", cli=False)
+    edge_margin: float = opt(0.0, "discard picks closer than this to the edge, in original "
+                             "pixels", cli=False)
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    targets: TargetConfig = field(default_factory=TargetConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    selftrain: SelfTrainConfig = field(default_factory=SelfTrainConfig)
+    pick: PickConfig = field(default_factory=PickConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str | os.PathLike | None = None) -> "Config":
+        cfg = cls()
+        cfg.update(d, source=source)
+        return cfg
+
+    def update(self, d: dict[str, Any], source: str | os.PathLike | None = None) -> None:
+        """Apply flat (``{"initial_epochs": 5}``) or nested (``{"train": {...}}``) settings.
+
+        Unknown keys and values of the wrong type raise :class:`InputError` naming ``source``.
+        """
+        index = _field_index()
+        for key, value in d.items():
+            k = key.replace("-", "_")
+            if k in SECTIONS and isinstance(value, dict):
+                for sub, v in value.items():
+                    sk = sub.replace("-", "_")
+                    if sk not in index or index[sk][0] != k:
+                        raise InputError(f"unknown setting {sub!r} in section {k!r}", source)
+                    self._set(sk, v, source)
+            elif k in index:
+                self._set(k, value, source)
+            else:
+                raise InputError(
+                    f"unknown setting {key!r} (known settings: {', '.join(sorted(index))})",
+                    source,
+                )
+
+    def _set(self, key: str, value: Any, source: Any) -> None:
+        section, f = _field_index()[key]
+        setattr(getattr(self, section), key, _coerce(key, value, f, source))
+
+    def flat(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for section in SECTIONS:
+            out.update(dataclasses.asdict(getattr(self, section)))
+        return out
+
+
+SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
+
+
+def _field_index() -> dict[str, tuple[str, dataclasses.Field]]:
+    index: dict[str, tuple[str, dataclasses.Field]] = {}
+    hints = typing.get_type_hints(Config)
+    for section in SECTIONS:
+        sec_cls = hints[section]
+        sec_hints = typing.get_type_hints(sec_cls)
+        for f in dataclasses.fields(sec_cls):
+            f.type = sec_hints[f.name]  # resolve string annotations once
+            index[f.name] = (section, f)
+    return index
+
+
+def _base_type(tp: Any) -> tuple[type, bool]:
+    """(the concrete type, whether None is allowed) of an annotation like ``float | None``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0], True
+    return tp, False
+
+
+def _coerce(key: str, value: Any, f: dataclasses.Field, source: Any) -> Any:
+    tp, nullable = _base_type(f.type)
+    if value is None:
+        if nullable:
+            return None
+        raise InputError(f"setting {key!r} cannot be empty", source)
+    ok = False
+    if tp is bool:
+        ok = isinstance(value, bool)
+    elif tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif tp is str:
+        ok = isinstance(value, str)
+    if not ok:
+        raise InputError(
+            f"setting {key!r} must be {tp.__name__}, got {type(value).__name__} {value!r}", source
+        )
+    choices = f.metadata.get("choices")
+    if choices and value not in choices:
+        raise InputError(f"setting {key!r} must be one of {', '.join(choices)}, got {value!r}",
+                         source)
+    return value
+
+
+def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a JSON or YAML config file into a dict (validated later by :meth:`Config.update`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("config file not found", path)
+    text = path.read_text(encoding="utf-8", errors="replace")
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:
+        raise InputError(f"cannot parse the config file ({exc})", path) from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise InputError("a config file must hold a mapping of setting names to values", path)
+    # config.json written by selfpick itself holds the settings under "config".
+    if "config" in data and isinstance(data["config"], dict) and "selfpick_version" in data:
+        data = data["config"]
+    return data
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, sections: tuple[str, ...]) -> None:
+    """Add one flag per config field of ``sections``; unset flags do not override anything."""
+    index = _field_index()
+    for section in sections:
+        group = parser.add_argument_group(section)
+        for name, (sec, f) in index.items():
+            if sec != section or not f.metadata.get("cli", True):
+                continue
+            flag = f.metadata.get("flag") or "--" + name.replace("_", "-")
+            names = [flag, *f.metadata.get("aliases", ())]
+            tp, _ = _base_type(f.type)
+            default = f.default if f.default is not dataclasses.MISSING else None
+            help_text = f.metadata["help"]
+            if tp is bool:
+                group.add_argument(*names, dest=name, action=argparse.BooleanOptionalAction,
+                                   default=argparse.SUPPRESS,
+                                   help=f"{help_text} (default: {'on' if default else 'off'})")
+                continue
+            shown = "auto" if default is None else default
+            group.add_argument(*names, dest=name, type=tp, default=argparse.SUPPRESS,
+                               choices=f.metadata.get("choices"), metavar=None if
+                               f.metadata.get("choices") else name.upper().split("_")[-1],
+                               help=f"{help_text} (default: {shown})")
+
+
+def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None,
+                     source: str | None = None) -> Config:
+    """Defaults, then a config file's settings (``base``), then the flags given."""
+    cfg = Config()
+    if base:
+        cfg.update(base, source=source)
+    index = _field_index()
+    given = {k: v for k, v in vars(args).items() if k in index}
+    cfg.update(given, source="command line")
+    return cfg
