@@ -1,0 +1,72 @@
+"""A compact U-Net: one input channel (a normalised micrograph), one logit per pixel."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from selfpick.config import ModelConfig
+
+# Initial foreground prior of the output layer: particle centres cover a few percent of a
+# micrograph. Starting the logits there keeps the first focal-loss steps from being spent on
+# learning the class balance (the RetinaNet initialisation).
+_PRIOR = 0.05
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "group":
+        return nn.GroupNorm(min(8, channels), channels)
+    return nn.Identity()
+
+
+class DoubleConv(nn.Sequential):
+    def __init__(self, cin: int, cout: int, norm: str):
+        bias = norm == "none"
+        super().__init__(
+            nn.Conv2d(cin, cout, 3, padding=1, bias=bias), _norm(norm, cout), nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=bias), _norm(norm, cout), nn.ReLU(inplace=True),
+        )
+
+
+class UNet(nn.Module):
+    """U-Net with ``depth`` 2x downsamplings and ``width * 2**level`` channels per level.
+
+    Input ``(B, 1, H, W)`` with ``H`` and ``W`` multiples of ``2**depth`` (see
+    :attr:`multiple`); output logits ``(B, 1, H, W)``.
+    """
+
+    def __init__(self, depth: int = 3, width: int = 16, norm: str = "batch"):
+        super().__init__()
+        self.depth = depth
+        chans = [width * 2**i for i in range(depth + 1)]
+        self.inc = DoubleConv(1, chans[0], norm)
+        self.down = nn.ModuleList(DoubleConv(chans[i], chans[i + 1], norm) for i in range(depth))
+        self.up = nn.ModuleList(
+            DoubleConv(chans[i + 1] + chans[i], chans[i], norm) for i in reversed(range(depth))
+        )
+        self.head = nn.Conv2d(chans[0], 1, 1)
+        nn.init.constant_(self.head.bias, math.log(_PRIOR / (1 - _PRIOR)))
+
+    @property
+    def multiple(self) -> int:
+        return 2**self.depth
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = [self.inc(x)]
+        for block in self.down:
+            skips.append(block(F.max_pool2d(skips[-1], 2)))
+        y = skips.pop()
+        for block in self.up:
+            skip = skips.pop()
+            y = F.interpolate(y, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            y = block(torch.cat([y, skip], dim=1))
+        return self.head(y)
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig) -> "UNet":
+        return cls(cfg.depth, cfg.width, cfg.norm)

@@ -1,0 +1,125 @@
+"""Probability maps from a U-Net: whole-micrograph or overlapping tiles.
+
+Tiles are cut on the network's downsampling grid with a margin wider than the receptive field
+and only their centres are kept, so away from the borders the tiled map equals the whole-image
+map (up to float rounding). Large micrographs, and any micrograph that runs out of memory as a
+whole, are done in tiles.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+# Whole-image inference up to this many model pixels; beyond it, tiles bound the memory.
+WHOLE_IMAGE_MAX_PIXELS = 2048 * 2048
+DEFAULT_TILE = 512
+# Receptive-field radius of the default U-Net (depth 3) is about 60 model pixels.
+DEFAULT_MARGIN = 64
+
+
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+def _pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, int, int]:
+    h, w = x.shape[-2:]
+    ph, pw = _round_up(h, multiple) - h, _round_up(w, multiple) - w
+    if ph or pw:
+        mode = "reflect" if (ph < h and pw < w) else "replicate"
+        x = F.pad(x, (0, pw, 0, ph), mode=mode)
+    return x, h, w
+
+
+def _autocast(device: torch.device, amp: bool):
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast(device.type, enabled=False)
+
+
+@torch.inference_mode()
+def predict_logits(model: torch.nn.Module, images: torch.Tensor, amp: bool = False) -> torch.Tensor:
+    """Logits for a batch ``(B, 1, H, W)`` of model-scale images of one size (any H, W)."""
+    multiple = getattr(model, "multiple", 1)
+    x, h, w = _pad_to_multiple(images, multiple)
+    with _autocast(x.device, amp):
+        out = model(x)
+    return out[..., :h, :w].float()
+
+
+@torch.inference_mode()
+def predict_logits_tiled(model: torch.nn.Module, image: torch.Tensor, tile: int = DEFAULT_TILE,
+                         margin: int = DEFAULT_MARGIN, amp: bool = False,
+                         batch_size: int = 4) -> torch.Tensor:
+    """Logits ``(H, W)`` of one image ``(H, W)`` computed in overlapping tiles."""
+    multiple = getattr(model, "multiple", 1)
+    tile = max(multiple, _round_up(tile, multiple))
+    margin = _round_up(margin, multiple)
+    x, h, w = _pad_to_multiple(image[None, None], multiple)
+    H, W = x.shape[-2:]
+    out = torch.empty((H, W), dtype=torch.float32, device=image.device)
+    windows = []
+    for y0 in range(0, H, tile):
+        for x0 in range(0, W, tile):
+            y1, x1 = min(y0 + tile, H), min(x0 + tile, W)
+            wy0, wx0 = max(0, y0 - margin), max(0, x0 - margin)
+            wy1, wx1 = min(H, y1 + margin), min(W, x1 + margin)
+            windows.append((y0, x0, y1, x1, wy0, wx0, wy1, wx1))
+    # Group windows of equal size so they run as one batch.
+    by_size: dict[tuple[int, int], list] = {}
+    for win in windows:
+        by_size.setdefault((win[6] - win[4], win[7] - win[5]), []).append(win)
+    for group in by_size.values():
+        for i in range(0, len(group), batch_size):
+            chunk = group[i : i + batch_size]
+            batch = torch.cat([x[..., w[4]:w[6], w[5]:w[7]] for w in chunk], dim=0)
+            with _autocast(batch.device, amp):
+                pred = model(batch).float()
+            for k, (y0, x0, y1, x1, wy0, wx0, _, _) in enumerate(chunk):
+                out[y0:y1, x0:x1] = pred[k, 0, y0 - wy0 : y1 - wy0, x0 - wx0 : x1 - wx0]
+    return out[:h, :w]
+
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom is not None and isinstance(exc, oom):
+        return True
+    msg = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in msg or "can't allocate" in msg
+                                              or "not enough memory" in msg)
+
+
+def predict_probability(model: torch.nn.Module, image: np.ndarray | torch.Tensor,
+                        device: torch.device | str = "cpu", tile: int | None = None,
+                        amp: bool = False) -> torch.Tensor:
+    """Particle probability ``(H, W)`` (float32, on ``device``) for one model-scale image.
+
+    ``tile=None`` decides by size: whole-image up to :data:`WHOLE_IMAGE_MAX_PIXELS`, tiles
+    beyond. ``tile=0`` forces whole-image. A whole-image pass that runs out of memory is
+    retried in tiles instead of failing.
+    """
+    device = torch.device(device)
+    x = torch.as_tensor(np.asarray(image, dtype=np.float32) if not torch.is_tensor(image)
+                        else image, device=device).float()
+    h, w = x.shape[-2:]
+    use_tiles = tile if tile is not None else (DEFAULT_TILE if h * w > WHOLE_IMAGE_MAX_PIXELS
+                                               else 0)
+    if not use_tiles:
+        try:
+            return torch.sigmoid(predict_logits(model, x[None, None], amp=amp)[0, 0])
+        except Exception as exc:  # noqa: BLE001 - only memory exhaustion is handled
+            if not _is_oom(exc):
+                raise
+            log.warning("micrograph of %dx%d model px does not fit in memory as a whole; "
+                        "predicting in tiles", w, h)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            use_tiles = DEFAULT_TILE
+    return torch.sigmoid(predict_logits_tiled(model, x, tile=use_tiles, amp=amp))

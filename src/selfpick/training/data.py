@@ -1,0 +1,280 @@
+"""Training data: micrographs read and preprocessed once, then random augmented crops.
+
+Preprocessed micrographs are cached as float16 ``.npy`` files (memory-mapped when read), keyed by
+the source file and the preprocessing settings, so self-training iterations, ``--resume`` and
+DDP ranks never re-read or re-preprocess the originals, and thousands of micrographs do not
+have to fit in RAM.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from selfpick.config import Config, PreprocessConfig
+from selfpick.errors import InputError
+from selfpick.io import coords as coordio
+from selfpick.io.micrographs import list_micrographs, micrograph_name, read_micrograph
+from selfpick.preprocess import Scale, choose_downsample, preprocess
+from selfpick.targets import IGNORE, make_target
+
+log = logging.getLogger(__name__)
+
+# The original script's default --particle-radius.
+LEGACY_RADIUS = 10.0
+
+
+@dataclass
+class TrainingMicrograph:
+    """One micrograph of the training set, at model scale."""
+
+    name: str
+    path: Path
+    image: np.ndarray  # (h, w) model-scale, normalised; float16 memmap or float32
+    scale: Scale  # original <-> model pixels
+    original_shape: tuple[int, int]  # (ny, nx) original pixels
+    truth: np.ndarray | None  # (N, 2) labelled centres in ORIGINAL pixels; None = unlabelled
+    split: str  # "train", "val" or "unlabeled"
+    gt_target: np.ndarray = field(repr=False, default=None)  # (h, w) int8
+
+    @property
+    def labelled(self) -> bool:
+        return self.truth is not None
+
+    def truth_model(self) -> np.ndarray:
+        """Labelled centres in model pixels, ``(N, 2)``."""
+        if self.truth is None:
+            return np.zeros((0, 2))
+        return self.scale.to_model(self.truth)
+
+
+@dataclass
+class TrainingSet:
+    micrographs: list[TrainingMicrograph]
+    particle_diameter: float  # original pixels
+    downsample: float  # original px per model px
+    match_report: coordio.MatchReport | None = None
+
+    @property
+    def radius_model(self) -> float:
+        return self.particle_diameter / 2 / self.downsample
+
+    def subset(self, split: str) -> list[TrainingMicrograph]:
+        return [m for m in self.micrographs if m.split == split]
+
+    def split_names(self) -> dict[str, list[str]]:
+        return {s: [m.name for m in self.subset(s)] for s in ("train", "val", "unlabeled")}
+
+
+def resolve_diameter(cfg: Config, picks) -> float:
+    """Particle diameter in original pixels: the flag, else the file's, else the legacy default."""
+    d = cfg.data
+    if d.particle_diameter:
+        return float(d.particle_diameter)
+    if d.particle_radius:
+        return 2.0 * float(d.particle_radius)
+    diam = picks["diameter"].dropna() if picks is not None and len(picks) else []
+    if len(diam):
+        return float(np.median(diam))
+    log.warning("no --particle-diameter given and the coordinate file has no diameters: using "
+                "the original script's default --particle-radius %.0f (diameter %.0f px)",
+                LEGACY_RADIUS, 2 * LEGACY_RADIUS)
+    return 2 * LEGACY_RADIUS
+
+
+def split_micrographs(names: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Seeded split by micrograph. Returns ``(train, val)`` name lists, each sorted.
+
+    At least one validation micrograph when there are two or more labelled ones; none when
+    there is only one (the caller then validates on training data and says so).
+    """
+    names = sorted(names)
+    n = len(names)
+    if n < 2 or val_fraction <= 0:
+        return names, []
+    n_val = min(n - 1, max(1, int(round(val_fraction * n))))
+    rng = np.random.default_rng(seed)
+    val = set(rng.choice(n, size=n_val, replace=False).tolist())
+    return ([x for i, x in enumerate(names) if i not in val],
+            [x for i, x in enumerate(names) if i in val])
+
+
+def _cache_key(path: Path, factor: float, pcfg: PreprocessConfig) -> str:
+    st = path.stat()
+    blob = json.dumps([str(path.resolve()), st.st_size, st.st_mtime_ns, round(factor, 6),
+                       asdict(pcfg)], sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+def load_preprocessed(path: Path, factor: float, pcfg: PreprocessConfig,
+                      cache_dir: Path | None, pixel_size: float | None = None
+                      ) -> tuple[np.ndarray, Scale, tuple[int, int]]:
+    """Model-scale image, its :class:`Scale` and the original shape, from cache when possible."""
+    if cache_dir is not None:
+        key = _cache_key(path, factor, pcfg)
+        npy = cache_dir / f"{micrograph_name(path)}-{key}.npy"
+        meta = npy.with_suffix(".json")
+        if npy.is_file() and meta.is_file():
+            try:
+                m = json.loads(meta.read_text())
+                img = np.load(npy, mmap_mode="r")
+                return img, Scale(m["sx"], m["sy"], m["method"]), tuple(m["original_shape"])
+            except (OSError, ValueError, KeyError):
+                pass  # a damaged cache entry is rebuilt below
+    data, _ = read_micrograph(path, pixel_size)
+    img, scale = preprocess(data, factor, pcfg)
+    shape = data.shape
+    if cache_dir is not None:
+        from selfpick.utils.atomic import atomic_path, atomic_write_json
+
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(npy) as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, img.astype(np.float16))
+        atomic_write_json(meta, {"sx": scale.sx, "sy": scale.sy, "method": scale.method,
+                                 "original_shape": list(shape)})
+        img = np.load(npy, mmap_mode="r")
+    return img, scale, shape
+
+
+def load_training_set(cfg: Config, cache_dir: Path | None = None,
+                      progress: bool = True) -> TrainingSet:
+    """Read, match, check, split and preprocess the labelled (and unlabelled) micrographs."""
+    d = cfg.data
+    if not d.image_dir:
+        raise InputError("no micrographs given: use --image-dir")
+    if not d.coords_file:
+        raise InputError("no coordinates given: use --coords-file")
+    paths = list_micrographs(d.image_dir)
+    picks = coordio.read_coordinates(d.coords_file, d.coords_format)
+    names = [micrograph_name(p) for p in paths]
+    by_name, report = coordio.match_coordinates(picks, names)
+    log.info("%s", report.summary())
+    labelled = [n for n in names if n in by_name and len(by_name[n])]
+    if not labelled:
+        raise InputError(
+            "no coordinates match any micrograph by name: " + report.summary(), d.coords_file
+        )
+    diameter = resolve_diameter(cfg, picks)
+    factor = choose_downsample(diameter, cfg.preprocess)
+    train_names, val_names = split_micrographs(labelled, cfg.train.val_fraction, cfg.train.seed)
+    split = {n: "train" for n in train_names} | {n: "val" for n in val_names}
+
+    unlabeled_paths: list[Path] = []
+    if d.unlabeled_dir:
+        unlabeled_paths = list_micrographs(d.unlabeled_dir)
+    # Micrographs of --image-dir without coordinates are not negatives (nobody said they are
+    # empty); they join the unlabelled pool used only through pseudo-labels.
+    items = [(p, n) for p, n in zip(paths, names)]
+    items += [(p, micrograph_name(p)) for p in unlabeled_paths]
+    seen = set()
+    micrographs: list[TrainingMicrograph] = []
+    iterator = tqdm(items, desc="Preprocessing micrographs", unit="mic",
+                    disable=not progress or None)
+    r_model = diameter / 2 / factor
+    for path, name in iterator:
+        if name in seen:
+            raise InputError(f"micrograph name {name!r} appears in both --image-dir and "
+                             "--unlabeled-dir", path)
+        seen.add(name)
+        img, scale, shape = load_preprocessed(path, factor, cfg.preprocess, cache_dir,
+                                              d.pixel_size)
+        if min(shape) <= diameter:
+            raise InputError(f"the particle diameter ({diameter:g} px) is not smaller than the "
+                             f"micrograph ({shape[1]}x{shape[0]} px); check --particle-diameter",
+                             path)
+        truth = None
+        if name in split:
+            table = by_name[name]
+            coordio.check_in_bounds(table, shape, d.coords_file)
+            truth = table[["x", "y"]].to_numpy(dtype=np.float64)
+        m = TrainingMicrograph(name, path, img, scale, shape, truth, split.get(name, "unlabeled"))
+        m.gt_target = make_target(img.shape, m.truth_model(), r_model,
+                                  cfg.targets.positive_radius, cfg.targets.ignore_radius,
+                                  labelled=m.labelled)
+        micrographs.append(m)
+    ts = TrainingSet(micrographs, diameter, factor, report)
+    n_unl = len(ts.subset("unlabeled"))
+    log.info("particle diameter %.1f px; downsampling x%.2f (particle = %.1f model px); "
+             "%d training, %d validation, %d unlabelled micrographs",
+             diameter, factor, diameter / factor, len(train_names), len(val_names), n_unl)
+    return ts
+
+
+class CropDataset(torch.utils.data.Dataset):
+    """Random crops with flips, 90° rotations and intensity/noise jitter.
+
+    Item ``i`` of epoch ``e`` is drawn from ``numpy.random.default_rng([seed, e, i])``, so the
+    data do not depend on the number of workers and a resumed run sees the same crops.
+
+    Returns ``(image, target)`` tensors of shape ``(1, crop, crop)``: ``float32`` image and
+    ``float32`` target holding 1, 0 or -1 (ignore).
+    """
+
+    def __init__(self, images: list[np.ndarray], targets: list[np.ndarray], crop: int,
+                 length: int, seed: int, augment: bool = True):
+        if not images:
+            raise ValueError("CropDataset needs at least one image")
+        self.images = images
+        self.targets = targets
+        self.crop = int(crop)
+        self.length = int(length)
+        self.seed = int(seed)
+        self.augment = augment
+        self.epoch = 0
+        areas = np.array([float(im.shape[0] * im.shape[1]) for im in images])
+        self.weights = areas / areas.sum()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int):
+        rng = np.random.default_rng([self.seed, self.epoch, int(i)])
+        k = int(rng.choice(len(self.images), p=self.weights))
+        img, tgt = self.images[k], self.targets[k]
+        c = self.crop
+        h, w = img.shape
+        y0 = int(rng.integers(0, max(1, h - c + 1)))
+        x0 = int(rng.integers(0, max(1, w - c + 1)))
+        x = np.zeros((c, c), dtype=np.float32)
+        t = np.full((c, c), IGNORE, dtype=np.float32)
+        ch, cw = min(c, h), min(c, w)
+        x[:ch, :cw] = img[y0 : y0 + ch, x0 : x0 + cw]
+        t[:ch, :cw] = tgt[y0 : y0 + ch, x0 : x0 + cw]
+        if self.augment:
+            rot = int(rng.integers(4))
+            x, t = np.rot90(x, rot), np.rot90(t, rot)
+            if rng.random() < 0.5:
+                x, t = x[:, ::-1], t[:, ::-1]
+            # Contrast and offset vary between micrographs even after normalisation (ice
+            # thickness, dose); extra noise mimics thicker ice.
+            x = x * rng.uniform(0.8, 1.25) + rng.normal(0.0, 0.1)
+            if rng.random() < 0.5:
+                x = x + rng.normal(0.0, rng.uniform(0.0, 0.3), size=x.shape).astype(np.float32)
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        t = np.ascontiguousarray(t, dtype=np.float32)
+        return torch.from_numpy(x)[None], torch.from_numpy(t)[None]
+
+
+def default_crops_per_epoch(images: list[np.ndarray], crop: int, minimum: int = 64) -> int:
+    """Enough crops to cover the micrographs' total area once."""
+    area = sum(im.shape[0] * im.shape[1] for im in images)
+    return max(minimum, int(np.ceil(area / (crop * crop))))
+
+
+def env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        return default

@@ -1,0 +1,139 @@
+"""Pseudo-labels for self-training and the adaptive threshold schedule.
+
+Two ways to turn a model's predictions into labels:
+
+``pixel`` (the original research script): per pixel, ``p >= pos`` -> 1, ``p <= neg`` -> 0, else
+-1. Its weakness, seen on real data: after short training few pixels reach 0.95, so hardly any
+pseudo-positive appears while most of the map becomes "ignore".
+
+``peaks`` (default): particles are found as peaks of the probability map, exactly as picking
+does; a confident peak becomes a labelled particle (positive disk + ignored ring), an
+uncertain peak an ignored disk, and pixels the model is sure are empty stay background. The
+positive threshold is expressed as a *validation precision* ("pseudo-particles are picks whose
+score gives at least 95 % precision on the validation micrographs"), so the schedule means the
+same whatever the network's calibration.
+
+In both modes ground truth wins: labelled particles stay 1 and their rings stay ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from selfpick.config import SelfTrainConfig, TargetConfig
+from selfpick.targets import IGNORE, NEGATIVE, POSITIVE, paint_disks
+
+
+def threshold_schedule(iteration: int, cfg: SelfTrainConfig) -> tuple[float, float]:
+    """``(positive, negative)`` thresholds for self-training iteration ``iteration`` (1-based).
+
+    Linear: ``pos = max(pos_min, pos0 - step*(k-1))``, ``neg = min(neg_max, neg0 + step*(k-1))``,
+    i.e. (0.95, 0.05) -> (0.93, 0.07) -> (0.91, 0.09) with the defaults.
+    """
+    if iteration < 1:
+        raise ValueError("self-training iterations are numbered from 1")
+    pos0, neg0 = cfg.positive_threshold, cfg.negative_threshold
+    if cfg.threshold_schedule == "constant":
+        return pos0, neg0
+    k = iteration - 1
+    pos = max(cfg.positive_threshold_min, pos0 - cfg.threshold_step * k)
+    neg = min(cfg.negative_threshold_max, neg0 + cfg.threshold_step * k)
+    return round(pos, 10), round(neg, 10)
+
+
+def merge_with_ground_truth(pseudo: np.ndarray, gt_target: np.ndarray,
+                            labelled: bool) -> np.ndarray:
+    """Ground truth wins: labelled disks stay 1 and their rings stay -1."""
+    if not labelled:
+        return pseudo
+    out = pseudo.copy()
+    out[gt_target == IGNORE] = IGNORE
+    out[gt_target == POSITIVE] = POSITIVE
+    return out
+
+
+def pixel_pseudo_labels(prob: np.ndarray, gt_target: np.ndarray, labelled: bool,
+                        pos: float, neg: float) -> np.ndarray:
+    """The original scheme: threshold the probability map ``(h, w)`` pixel by pixel."""
+    pl = np.full(prob.shape, IGNORE, dtype=np.int8)
+    pl[prob >= pos] = POSITIVE
+    pl[prob <= neg] = NEGATIVE
+    return merge_with_ground_truth(pl, gt_target, labelled)
+
+
+def peak_pseudo_labels(prob: np.ndarray, peaks_xy: np.ndarray, peak_scores: np.ndarray,
+                       gt_target: np.ndarray, labelled: bool, radius: float,
+                       pos_score: float, neg: float, tcfg: TargetConfig) -> np.ndarray:
+    """Particle-level pseudo-labels for one micrograph.
+
+    Parameters
+    ----------
+    prob: ``(h, w)`` probability map, model scale.
+    peaks_xy, peak_scores: detected peaks ``(N, 2)`` in model pixels and their scores.
+    radius: particle radius in model pixels.
+    pos_score: peaks with score >= this become pseudo-particles; other peaks are ignored disks.
+    neg: pixels with probability <= neg and no peak nearby are background.
+    """
+    pl = np.where(prob <= neg, NEGATIVE, IGNORE).astype(np.int8)
+    peaks_xy = np.asarray(peaks_xy).reshape(-1, 2)
+    sure = peak_scores >= pos_score
+    r_pos = max(1.0, tcfg.positive_radius * radius)
+    r_ign = max(r_pos, tcfg.ignore_radius * radius)
+    # An uncertain peak may be a particle the model has not learnt yet: never call it background.
+    paint_disks(pl, peaks_xy[~sure], max(r_ign, radius), IGNORE)
+    paint_disks(pl, peaks_xy[sure], r_ign, IGNORE)
+    paint_disks(pl, peaks_xy[sure], r_pos, POSITIVE)
+    return merge_with_ground_truth(pl, gt_target, labelled)
+
+
+def score_for_precision(curve_scores: np.ndarray, curve_precision: np.ndarray,
+                        target: float) -> float | None:
+    """Lowest score at which the precision of all picks scoring at least that is >= ``target``.
+
+    ``curve_scores`` descending with ``curve_precision[i]`` the precision of the top ``i + 1``
+    picks. Returns ``None`` when no score reaches the target.
+    """
+    ok = np.flatnonzero(np.asarray(curve_precision) >= target)
+    if len(ok) == 0:
+        return None
+    return float(curve_scores[ok[-1]])
+
+
+@dataclass
+class PseudoLabelStats:
+    """What one round of pseudo-labelling did, for the log and metrics.json."""
+
+    mode: str
+    positive_threshold: float
+    negative_threshold: float
+    positive_score: float | None  # peaks mode: the score threshold the precision maps to
+    n_micrographs: int
+    n_pixels: int
+    share_positive: float
+    share_negative: float
+    share_ignore: float
+    n_pseudo_particles: int  # confident detections not explained by a labelled particle
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+    def describe(self) -> str:
+        txt = (f"pseudo-labels ({self.mode}, pos {self.positive_threshold:.3f} / "
+               f"neg {self.negative_threshold:.3f}")
+        if self.positive_score is not None:
+            txt += f", score >= {self.positive_score:.3f}"
+        return (txt + f"): {self.share_positive:.1%} positive, {self.share_negative:.1%} "
+                f"background, {self.share_ignore:.1%} ignored pixels; "
+                f"{self.n_pseudo_particles} pseudo-particles added on "
+                f"{self.n_micrographs} micrographs")
+
+
+def label_shares(maps: list[np.ndarray]) -> tuple[int, float, float, float]:
+    n = sum(m.size for m in maps)
+    if n == 0:
+        return 0, 0.0, 0.0, 0.0
+    pos = sum(int(np.count_nonzero(m == POSITIVE)) for m in maps) / n
+    neg = sum(int(np.count_nonzero(m == NEGATIVE)) for m in maps) / n
+    return n, pos, neg, 1.0 - pos - neg
