@@ -1,0 +1,84 @@
+"""DistributedDataParallel helpers (one process per GPU, launched by ``torchrun``).
+
+Without ``torchrun`` (``WORLD_SIZE`` unset) every function here is a no-op for a single
+process, so the training code has one path. Backend: NCCL on GPUs, Gloo on CPUs (which is how
+the tests run DDP without a GPU).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as tdist
+
+
+def is_distributed() -> bool:
+    return tdist.is_available() and tdist.is_initialized()
+
+
+def rank_world() -> tuple[int, int]:
+    if is_distributed():
+        return tdist.get_rank(), tdist.get_world_size()
+    return 0, 1
+
+
+def is_main() -> bool:
+    return rank_world()[0] == 0
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init_from_env(device_kind: str) -> torch.device | None:
+    """Join the process group ``torchrun`` set up; returns this rank's device (or None)."""
+    if not launched_by_torchrun() or is_distributed():
+        return None
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device_kind == "cuda":
+        torch.cuda.set_device(local_rank)
+        tdist.init_process_group("nccl")
+        return torch.device("cuda", local_rank)
+    tdist.init_process_group("gloo")
+    return torch.device("cpu")
+
+
+def shutdown() -> None:
+    if is_distributed():
+        tdist.destroy_process_group()
+
+
+def barrier() -> None:
+    if is_distributed():
+        tdist.barrier()
+
+
+def epoch_sampler(dataset, epoch: int):
+    """Each rank's share of an epoch (``None`` in a single process: all items in order)."""
+    if not is_distributed():
+        return None
+    sampler = torch.utils.data.distributed.DistributedSampler(
+        dataset, shuffle=True, seed=getattr(dataset, "seed", 0), drop_last=False)
+    sampler.set_epoch(epoch)
+    return sampler
+
+
+def average_dict(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Average scalar values over ranks (identity in a single process)."""
+    if not is_distributed():
+        return values
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64,
+                     device=device if device.type == "cuda" else "cpu")
+    tdist.all_reduce(t)
+    t /= tdist.get_world_size()
+    return dict(zip(keys, t.tolist()))
+
+
+def broadcast_state(model: torch.nn.Module) -> None:
+    """Give every rank rank 0's weights (after rank 0 alone loaded or changed them)."""
+    if not is_distributed():
+        return
+    for tensor in list(model.state_dict().values()):
+        tdist.broadcast(tensor, src=0)
