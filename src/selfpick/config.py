@@ -295,11 +295,14 @@ def add_config_arguments(parser: argparse.ArgumentParser, sections: tuple[str, .
                                    default=argparse.SUPPRESS,
                                    help=f"{help_text} (default: {'on' if default else 'off'})")
                 continue
-            shown = "auto" if default is None else default
+            if not (default is None or "(default" in help_text):
+                help_text = f"{help_text} (default: {default})"
+            metavar = None
+            if not f.metadata.get("choices"):
+                metavar = {int: "N", float: "X"}.get(tp) or name.upper().split("_")[-1]
             group.add_argument(*names, dest=name, type=tp, default=argparse.SUPPRESS,
-                               choices=f.metadata.get("choices"), metavar=None if
-                               f.metadata.get("choices") else name.upper().split("_")[-1],
-                               help=f"{help_text} (default: {shown})")
+                               choices=f.metadata.get("choices"), metavar=metavar,
+                               help=help_text)
 
 
 def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None,

@@ -1,0 +1,92 @@
+"""Train a picker: supervised U-Net training, then iterative self-training.
+
+Examples:
+  # CryoPPP-style per-micrograph CSVs (diameter taken from the files)
+  selfpick train --image-dir micrographs/ --coords-file coordinates/ --output-dir exp1
+
+  # the original script's command line still works
+  selfpick train --image-dir data/images --coords-file data/coordinates.json \\
+      --output-dir experiments/v1 --initial-epochs 100 --self-training-iterations 3 \\
+      --retrain-epochs 30 --batch-size 128 --learning-rate 0.001 --particle-radius 10
+
+  # continue after an interruption (a crash, Ctrl-C, a job time limit)
+  selfpick train --output-dir exp1 --resume
+
+  # every flag can also come from a JSON/YAML file with the same names
+  selfpick train --config settings.yaml --output-dir exp2
+
+The experiment folder gets config.json, training.log, metrics.json, one folder per stage
+(model.pt, metrics.json, visualization.png), best_model.pt and final_model.pt. Pick with
+  selfpick pick --model exp1/best_model.pt --images 'more/*.mrc' --output picks/
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from selfpick.config import add_config_arguments, config_from_args, load_config_file
+from selfpick.errors import SelfpickError
+
+log = logging.getLogger("selfpick")
+
+SECTIONS = ("data", "preprocess", "model", "targets", "loss", "train", "selftrain")
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE",
+                        help="JSON or YAML file of settings (flat names as the flags, e.g. "
+                        "initial_epochs: 20); flags given on the command line win")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the experiment in --output-dir after its last completed "
+                        "epoch/stage (the experiment's own settings are used)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing experiment in --output-dir")
+    parser.add_argument("--nproc", type=int, default=None, metavar="N",
+                        help="with --multi-gpu: number of processes (default: one per GPU)")
+    add_config_arguments(parser, SECTIONS)
+
+
+def main(args: argparse.Namespace) -> int:
+    from selfpick.training.experiment import run_training, stage_table
+
+    base = load_config_file(args.config) if args.config else None
+    cfg = config_from_args(args, base, source=args.config)
+    if args.resume and not cfg.train.output_dir:
+        raise SelfpickError("--resume needs --output-dir (the experiment to continue)")
+    if args.resume and cfg.train.output_dir and not cfg.data.image_dir:
+        # Resuming needs only the folder: the data paths are in its config.json.
+        saved = Path(cfg.train.output_dir) / "config.json"
+        if saved.is_file():
+            cfg.update({k: v for k, v in load_config_file(saved).get("data", {}).items()},
+                       source=saved)
+    if cfg.train.multi_gpu and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return _launch_torchrun(args)
+    argv = sys.argv[2:] if len(sys.argv) > 1 and sys.argv[1] == "train" else sys.argv[1:]
+    result = run_training(cfg, resume=args.resume, overwrite=args.overwrite, command_line=argv,
+                          progress=not args.quiet)
+    if result.stages:
+        print(stage_table(result.stages))
+        print(f"\nbest stage: {result.best_stage}; models in {result.output_dir}")
+    return 0
+
+
+def _launch_torchrun(args: argparse.Namespace) -> int:
+    """Re-run this command under torchrun with one process per GPU (DistributedDataParallel)."""
+    import torch
+
+    n = args.nproc or torch.cuda.device_count()
+    if n < 1:
+        raise SelfpickError("--multi-gpu: no CUDA GPU is visible (use --nproc N with "
+                            "--device cpu to test DDP on CPUs)")
+    argv = sys.argv[1:]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={n}", "-m", "selfpick", *argv]
+    log.info("starting %d training processes: %s", n, " ".join(cmd))
+    env = dict(os.environ)
+    return subprocess.call(cmd, env=env)
+

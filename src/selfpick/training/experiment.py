@@ -1,0 +1,464 @@
+"""An experiment: supervised training, then iterative self-training, in one folder.
+
+::
+
+    OUTPUT_DIR/
+    ├── config.json               every setting, versions, command line, seed, the split
+    ├── training.log
+    ├── metrics.json              one entry per completed stage
+    ├── iteration_0_supervised/   model.pt, metrics.json, visualization.png
+    ├── iteration_1_selftrain/    model.pt, metrics.json, visualization.png, pseudo_labels/
+    ├── best_model.pt             the stage with the best validation particle F1
+    ├── final_model.pt            the last stage
+    └── cache/                    preprocessed micrographs (safe to delete)
+
+Crash safety: a stage's ``model.pt`` is written (atomically) before anything else of that
+stage, its completion is recorded in the root ``metrics.json`` next, and figures come last and
+may fail without harm. ``resume=True`` skips completed stages and continues an interrupted one
+from its last epoch checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import logging
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from selfpick.config import Config, load_config_file
+from selfpick.errors import OutputError, SelfpickError
+from selfpick.model.losses import CombinedLoss
+from selfpick.model.modelfile import load_model, save_model
+from selfpick.model.unet import UNet
+from selfpick.targets import IGNORE, NEGATIVE, POSITIVE
+from selfpick.training import distributed as dist
+from selfpick.training.data import (CropDataset, TrainingMicrograph, TrainingSet,
+                                    default_crops_per_epoch, load_training_set)
+from selfpick.training.loop import train_stage
+from selfpick.training.pseudolabels import (PseudoLabelStats, label_shares, peak_pseudo_labels,
+                                            pixel_pseudo_labels, score_for_precision,
+                                            threshold_schedule)
+from selfpick.training.validate import ValidationResult, predict_micrographs, validate
+from selfpick.utils.atomic import atomic_path, atomic_write_json
+from selfpick.utils.runtime import resolve_device, seed_everything, versions
+
+log = logging.getLogger("selfpick")
+
+SUPERVISED = "iteration_0_supervised"
+# Files and folders an experiment consists of: --overwrite removes these and nothing else.
+_OWNED = ("config.json", "training.log", "metrics.json", "best_model.pt", "final_model.pt",
+          "cache")
+
+
+def stage_name(k: int) -> str:
+    return SUPERVISED if k == 0 else f"iteration_{k}_selftrain"
+
+
+@dataclass
+class ExperimentResult:
+    output_dir: Path
+    stages: list[dict]
+    best_stage: str
+
+    @property
+    def best(self) -> dict:
+        return next(s for s in self.stages if s["stage"] == self.best_stage)
+
+
+# ----------------------------------------------------------------------------- folder
+
+def _is_experiment(out: Path) -> bool:
+    return out.is_dir() and any((out / n).exists() for n in ("config.json", "metrics.json",
+                                                            SUPERVISED))
+
+
+def _prepare_folder(out: Path, resume: bool, overwrite: bool) -> bool:
+    """Check/clean the output folder; returns True when an earlier run is to be continued."""
+    if out.exists() and not out.is_dir():
+        raise OutputError("the output path exists and is not a folder", out)
+    if _is_experiment(out):
+        if resume:
+            return True
+        if not overwrite:
+            raise OutputError("this folder already holds a selfpick experiment; use --resume to "
+                              "continue it or --overwrite to start over", out)
+        for child in out.iterdir():
+            if child.name in _OWNED or child.name.startswith("iteration_"):
+                if child.is_dir():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".selfpick-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        from selfpick.utils.atomic import os_error_to_output_error
+
+        raise os_error_to_output_error(exc, out) from exc
+    if resume:
+        log.info("nothing to resume in %s: starting a new experiment", out)
+    return False
+
+
+@contextlib.contextmanager
+def _log_to_file(path: Path):
+    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger = logging.getLogger("selfpick")
+    logger.addHandler(handler)
+    if logger.level == logging.NOTSET or logger.level > logging.INFO:
+        old_level = logger.level
+        logger.setLevel(logging.INFO)
+    else:
+        old_level = None
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+        if old_level is not None:
+            logger.setLevel(old_level)
+
+
+def _read_root_metrics(out: Path) -> dict:
+    path = out / "metrics.json"
+    if not path.is_file():
+        return {"stages": []}
+    try:
+        data = json.loads(path.read_text())
+        if isinstance(data, dict) and isinstance(data.get("stages"), list):
+            return data
+    except (OSError, ValueError):
+        pass
+    log.warning("%s is unreadable; completed stages will be re-validated", path)
+    return {"stages": []}
+
+
+def _completed(out: Path, root: dict, k: int) -> dict | None:
+    name = stage_name(k)
+    entry = next((s for s in root["stages"] if s.get("stage") == name), None)
+    if entry is not None and (out / name / "model.pt").is_file():
+        return entry
+    return None
+
+
+# ----------------------------------------------------------------------------- training
+
+def _resolve_resume_config(out: Path, cfg: Config) -> Config:
+    """On --resume, the experiment's own settings win; only run-time ones may change."""
+    saved = Config.from_dict(load_config_file(out / "config.json"), source=out / "config.json")
+    changeable = {"self_training_iterations", "retrain_epochs", "device", "workers",
+                  "early_stop_patience", "multi_gpu", "output_dir", "amp"}
+    new, old, default = cfg.flat(), saved.flat(), Config().flat()
+    for key, value in new.items():
+        if key in changeable:
+            saved._set(key, value, "command line")
+        elif value != old.get(key) and value != default.get(key):
+            log.warning("--resume: keeping the experiment's %s=%r (ignoring %r)", key,
+                        old.get(key), value)
+    return saved
+
+
+def _pseudo_labels(k: int, cfg: Config, ts: TrainingSet, model: torch.nn.Module,
+                   device: torch.device, val: ValidationResult, stage_dir: Path,
+                   progress: bool) -> tuple[list[np.ndarray], PseudoLabelStats]:
+    """Pseudo-labels of iteration ``k`` for the training and unlabelled micrographs."""
+    st = cfg.selftrain
+    pos, neg = threshold_schedule(k, st)
+    pool = ts.subset("train") + ts.subset("unlabeled")
+    preds = predict_micrographs(model, pool, ts.radius_model, device, cfg.pick.min_distance,
+                                amp=cfg.train.amp, desc=f"Pseudo-labelling (iteration {k})",
+                                progress=progress)
+    pos_score = None
+    if st.pseudo_label_mode == "peaks":
+        if st.calibrate_thresholds:
+            pos_score = score_for_precision(val.scores, val.precision, pos)
+            if pos_score is None:
+                log.warning("iteration %d: no score reaches %.0f%% validation precision; no "
+                            "pseudo-particles are added this iteration", k, 100 * pos)
+                pos_score = float("inf")
+        else:
+            pos_score = pos
+    maps, n_new = [], 0
+    r = ts.radius_model
+    for m, p in zip(pool, preds):
+        if st.pseudo_label_mode == "peaks":
+            pl = peak_pseudo_labels(p.prob, p.xy_model, p.scores, m.gt_target, m.labelled, r,
+                                    pos_score, neg, cfg.targets)
+            confident = p.xy_model[p.scores >= pos_score]
+        else:
+            pl = pixel_pseudo_labels(p.prob, m.gt_target, m.labelled, pos, neg)
+            confident = p.xy_model[p.prob[p.xy_model[:, 1].astype(int),
+                                          p.xy_model[:, 0].astype(int)] >= pos]
+        n_new += _count_new(confident, m.truth_model(), r)
+        maps.append(pl)
+    n, sp, sn, si = label_shares(maps)
+    stats = PseudoLabelStats(st.pseudo_label_mode, pos, neg, pos_score if pos_score is None or
+                             np.isfinite(pos_score) else None, len(pool), n, sp, sn, si, n_new)
+    save_dir = stage_dir / "pseudo_labels"
+    save_dir.mkdir(parents=True, exist_ok=True)
+    for m, pl in zip(pool, maps):
+        with atomic_path(save_dir / f"{m.name}.npy") as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, pl)
+    return maps, stats
+
+
+def _count_new(confident: np.ndarray, truth: np.ndarray, radius: float) -> int:
+    """Confident detections farther than a particle radius from every labelled centre."""
+    if len(confident) == 0:
+        return 0
+    if len(truth) == 0:
+        return len(confident)
+    from scipy.spatial import cKDTree
+
+    d, _ = cKDTree(truth).query(confident, k=1)
+    return int(np.count_nonzero(d > radius))
+
+
+def _figure(path: Path, m: TrainingMicrograph, target: np.ndarray, prob: np.ndarray,
+            title: str, k: int) -> None:
+    try:
+        from selfpick.report.figures import stage_figure
+
+        stage_figure(path, np.asarray(m.image, dtype=np.float32), m.gt_target, target, prob,
+                     title=title, target_title="Training target" if k == 0 else "Pseudo-label")
+    except Exception as exc:  # noqa: BLE001 - a figure must never cost a finished stage
+        log.warning("could not draw %s (%s); the stage's model and metrics are saved", path, exc)
+
+
+def run_training(cfg: Config, resume: bool = False, overwrite: bool = False,
+                 command_line: list[str] | None = None, progress: bool = True) -> ExperimentResult:
+    """Supervised training then ``self_training_iterations`` self-training iterations.
+
+    Returns the stages' metrics and the best stage. Raises :class:`SelfpickError` for problems
+    the user can fix (bad input, an existing experiment without resume/overwrite, ...).
+    """
+    if not cfg.train.output_dir:
+        raise SelfpickError("no experiment folder given: use --output-dir")
+    out = Path(cfg.train.output_dir)
+    dev_kind = "cuda" if cfg.train.device.startswith("cuda") or (
+        cfg.train.device == "auto" and torch.cuda.is_available()) else "cpu"
+    ddp_device = dist.init_from_env(dev_kind)
+    rank, world = dist.rank_world()
+    is_main = rank == 0
+    continuing = False
+    if is_main:
+        continuing = _prepare_folder(out, resume, overwrite)
+    dist.barrier()
+    if not is_main:
+        continuing = _is_experiment(out)
+    if continuing:
+        cfg = _resolve_resume_config(out, cfg)
+    device = ddp_device or resolve_device(cfg.train.device)
+    progress = progress and is_main
+    seed_everything(cfg.train.seed, cfg.train.deterministic)
+    log_cm = _log_to_file(out / "training.log") if is_main else contextlib.nullcontext()
+    with log_cm:
+        if is_main:
+            log.info("selfpick train %s", " ".join(command_line or sys.argv[1:]))
+            if continuing:
+                log.info("resuming the experiment in %s", out)
+        # Rank 0 preprocesses (and fills the cache) first; the other ranks then read the cache.
+        ts = None
+        if is_main:
+            ts = load_training_set(cfg, cache_dir=out / "cache", progress=progress)
+        dist.barrier()
+        if not is_main:
+            ts = load_training_set(cfg, cache_dir=out / "cache", progress=False)
+        if not ts.subset("train"):
+            raise SelfpickError("no labelled micrograph is left for training after the "
+                                "validation split; label more micrographs or lower "
+                                "--val-fraction")
+        val_mics = ts.subset("val")
+        val_split = "val"
+        if not val_mics:
+            log.warning("only one labelled micrograph: validating on the training micrograph "
+                        "(metrics will be optimistic); label at least two micrographs")
+            val_mics, val_split = ts.subset("train"), "train"
+        if is_main and not continuing:
+            atomic_write_json(out / "config.json", {
+                "selfpick_version": versions()["selfpick"],
+                "versions": versions(),
+                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "command_line": ["selfpick", "train", *(command_line or sys.argv[1:])],
+                "seed": cfg.train.seed,
+                "particle_diameter": ts.particle_diameter,
+                "downsample": ts.downsample,
+                "split": ts.split_names(),
+                "match_report": ts.match_report.summary() if ts.match_report else "",
+                "config": cfg.to_dict(),
+            })
+        return _run_stages(cfg, ts, out, device, val_mics, val_split, progress)
+
+
+def _run_stages(cfg: Config, ts: TrainingSet, out: Path, device: torch.device,
+                val_mics: list[TrainingMicrograph], val_split: str,
+                progress: bool) -> ExperimentResult:
+    rank, world = dist.rank_world()
+    is_main = rank == 0
+    model = UNet.from_config(cfg.model).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    train_model = model
+    if world > 1:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    loss_fn = CombinedLoss.from_config(cfg.loss)
+    root = _read_root_metrics(out) if is_main else {"stages": []}
+    n_stages = 1 + cfg.selftrain.self_training_iterations
+    train_mics = ts.subset("train")
+    crop = max(model.multiple, cfg.train.crop_size - cfg.train.crop_size % model.multiple)
+    prev_val: ValidationResult | None = None
+    stages: list[dict] = []
+    best_f1, since_best = -1.0, 0
+
+    for k in range(n_stages):
+        name = stage_name(k)
+        stage_dir = out / name
+        done = _completed(out, root, k) if is_main else None
+        flag = torch.tensor([1 if done else 0])
+        if world > 1:
+            torch.distributed.broadcast(flag, src=0)
+        if flag.item():
+            if is_main:
+                saved = load_model(stage_dir / "model.pt", device)
+                model.load_state_dict(saved.model.state_dict())
+                log.info("%s: already complete, kept as it is", name)
+                stages.append(done)
+            dist.broadcast_state(model)
+            prev_val = None
+            if is_main:
+                f1 = done["validation"]["particle"]["f1"]
+                best_f1, since_best = (f1, 0) if f1 > best_f1 else (best_f1, since_best + 1)
+            continue
+        t_stage = time.perf_counter()
+        pl_stats = None
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        if k == 0:
+            pool = train_mics
+            targets = [m.gt_target for m in pool]
+        else:
+            pool = ts.subset("train") + ts.subset("unlabeled")
+            if is_main:
+                if prev_val is None:  # resumed: re-measure the previous stage on validation
+                    prev_val = validate(model, val_mics, ts.particle_diameter, ts.radius_model,
+                                        device, val_split, cfg.pick.min_distance, cfg.train.amp,
+                                        progress)
+                targets, pl_stats = _pseudo_labels(k, cfg, ts, model, device, prev_val,
+                                                   stage_dir, progress)
+                log.info("%s: %s", name, pl_stats.describe())
+            dist.barrier()
+            if not is_main:
+                targets = [np.load(stage_dir / "pseudo_labels" / f"{m.name}.npy") for m in pool]
+        images = [m.image for m in pool]
+        length = cfg.train.crops_per_epoch or default_crops_per_epoch(images, crop)
+        dataset = CropDataset(images, targets, crop, length, seed=cfg.train.seed * 1000 + k)
+        epochs = cfg.train.initial_epochs if k == 0 else cfg.train.retrain_epochs
+        history = train_stage(train_model, dataset, cfg.train, epochs, device, loss_fn, name,
+                              stage_dir / "checkpoint.pt", progress)
+        if is_main:
+            val = validate(model, val_mics, ts.particle_diameter, ts.radius_model, device,
+                           val_split, cfg.pick.min_distance, cfg.train.amp, progress)
+            entry = {
+                "stage": name,
+                "iteration": k,
+                "validation": val.metrics,
+                "threshold": val.threshold,
+                "label_completeness": val.completeness,
+                "training": {"epochs": epochs, "crops_per_epoch": length, "crop_size": crop,
+                             "micrographs": len(pool),
+                             "final_loss": history.epochs[-1]["loss"] if history.epochs else None,
+                             "seconds": round(history.seconds, 2)},
+                "pseudo_labels": pl_stats.as_dict() if pl_stats else None,
+                "seconds": round(time.perf_counter() - t_stage, 2),
+            }
+            save_model(stage_dir / "model.pt", model, cfg, ts.particle_diameter, ts.downsample,
+                       val.threshold, cfg.pick.min_distance, stage=name, metrics=entry)
+            atomic_write_json(stage_dir / "metrics.json", entry)
+            root["stages"] = [s for s in root["stages"] if s.get("stage") != name] + [entry]
+            _update_root(out, root)
+            (stage_dir / "checkpoint.pt").unlink(missing_ok=True)
+            p = val.metrics["particle"]
+            log.info("%s: validation particle F1 %.3f (P %.3f, R %.3f) at threshold %.3f; "
+                     "AP %.3f; pixel F1 %.3f, ROC-AUC %s", name, p["f1"], p["precision"],
+                     p["recall"], val.threshold, p["average_precision"], val.metrics["pixel"]["f1"],
+                     _fmt(val.metrics["pixel"].get("roc_auc")))
+            fig_mic = pool[0]
+            fig_prob = predict_micrographs(model, [fig_mic], ts.radius_model, device,
+                                           progress=False)[0].prob
+            _figure(stage_dir / "visualization.png", fig_mic, targets[0], fig_prob,
+                    f"{name} — training micrograph {fig_mic.name}", k)
+            stages.append(entry)
+            prev_val = val
+            f1 = p["f1"]
+            best_f1, since_best = (f1, 0) if f1 > best_f1 else (best_f1, since_best + 1)
+        stop = torch.tensor([0])
+        if is_main and k >= 1 and cfg.selftrain.early_stop_patience and \
+                since_best >= cfg.selftrain.early_stop_patience:
+            log.info("early stop: validation particle F1 has not improved for %d iteration(s)",
+                     since_best)
+            stop[0] = 1
+        if world > 1:
+            torch.distributed.broadcast(stop, src=0)
+        dist.barrier()
+        if stop.item():
+            break
+
+    best_stage = ""
+    if is_main:
+        best_stage = _finish(out, root)
+    dist.barrier()
+    return ExperimentResult(out, stages if is_main else [], best_stage)
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def _update_root(out: Path, root: dict) -> None:
+    best = max(root["stages"], key=lambda s: s["validation"]["particle"]["f1"])
+    root["best_stage"] = best["stage"]
+    root["final_stage"] = root["stages"][-1]["stage"]
+    root["note"] = ("particle-level figures: picks matched one-to-one to the labelled centres "
+                    "within half a particle diameter on the validation micrographs; pixel-level "
+                    "figures on valid pixels of the ground-truth target")
+    atomic_write_json(out / "metrics.json", root)
+
+
+def _finish(out: Path, root: dict) -> str:
+    """Write best_model.pt and final_model.pt from the completed stages (idempotent)."""
+    _update_root(out, root)
+    best, final = root["best_stage"], root["final_stage"]
+    for src, dst in ((best, "best_model.pt"), (final, "final_model.pt")):
+        with atomic_path(out / dst) as tmp:
+            shutil.copyfile(out / src / "model.pt", tmp)
+    log.info("best stage: %s (validation particle F1 %.3f); final stage: %s", best,
+             next(s for s in root["stages"] if s["stage"] == best)["validation"]["particle"]["f1"],
+             final)
+    return best
+
+
+def stage_table(stages: list[dict]) -> str:
+    """A plain-text table of every stage's validation metrics."""
+    head = (f"{'stage':<24} {'P':>6} {'R':>6} {'F1':>6} {'bestF1':>7} {'AP':>6} {'thr':>6} | "
+            f"{'pixP':>6} {'pixR':>6} {'pixF1':>6} {'IoU':>6} {'ROCAUC':>7}")
+    lines = [head, "-" * len(head)]
+    for s in stages:
+        p, x = s["validation"]["particle"], s["validation"]["pixel"]
+        lines.append(
+            f"{s['stage']:<24} {p['precision']:6.3f} {p['recall']:6.3f} {p['f1']:6.3f} "
+            f"{p['best_f1']:7.3f} {p['average_precision']:6.3f} {s['threshold']:6.3f} | "
+            f"{x['precision']:6.3f} {x['recall']:6.3f} {x['f1']:6.3f} {x['iou']:6.3f} "
+            f"{_fmt(x.get('roc_auc')):>7}")
+    return "\n".join(lines)
