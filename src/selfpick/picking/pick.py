@@ -1,0 +1,323 @@
+"""Picking: micrographs in, particle coordinates out.
+
+The model file says how to preprocess, the particle size, and the threshold. Micrographs are
+read and preprocessed by DataLoader workers while the network runs, one micrograph at a time
+in memory per worker, and each micrograph's picks are written (atomically) as soon as they are
+found -- so memory stays flat however many micrographs there are, and an interrupted job can
+continue with ``skip_existing``.
+
+Outputs (``fmt``):
+
+- ``star``: RELION 4/5 layout, ``<name>_autopick.star`` per micrograph plus the index
+  ``autopick.star``; with ``single_file`` one ``picks.star`` with ``rlnMicrographName``.
+- ``box`` / ``cbox`` / ``cryoppp``: one file per micrograph (box = lower-left corner + size).
+- ``csv`` / ``topaz`` / ``json``: one file for all micrographs (``picks.csv`` ...), or one per
+  micrograph with ``per_micrograph``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from selfpick.errors import InputError, SelfpickError
+from selfpick.io import coords as coordio
+from selfpick.io.micrographs import list_micrographs, micrograph_name, read_micrograph
+from selfpick.model.modelfile import SavedModel, load_model
+from selfpick.picking.inference import predict_probability
+from selfpick.picking.peaks import find_peaks, score_map
+from selfpick.preprocess import Scale, preprocess
+from selfpick.utils.atomic import atomic_write_json, os_error_to_output_error
+from selfpick.utils.runtime import resolve_device
+
+log = logging.getLogger("selfpick")
+
+PER_MICROGRAPH_FORMATS = ("star", "box", "cbox", "cryoppp")
+COMBINED_FORMATS = ("csv", "topaz", "json")
+# With --threshold 0 every local maximum above this is kept (lower ones are numerical noise).
+KEEP_ALL_FLOOR = 1e-3
+
+
+@dataclass
+class PickOptions:
+    """How to pick; ``None`` means "as the model file says"."""
+
+    fmt: str = "star"
+    threshold: float | None = None
+    per_micrograph: bool | None = None  # default: per-micrograph formats yes, combined no
+    single_file: bool = False  # star/box... -> one combined file where the format allows
+    edge_margin: float | None = None  # original pixels
+    min_distance: float | None = None  # fraction of the particle diameter
+    flip_y: bool = False
+    box_size: float | None = None  # original pixels; default = particle diameter
+    device: str = "auto"
+    batch_size: int = 1
+    workers: int = -1  # -1: automatic
+    tile: int | None = None  # model pixels; None = automatic, 0 = whole micrograph
+    shard: tuple[int, int] | None = None  # (i, n)
+    skip_existing: bool = False
+    suffix: str = "_autopick"
+
+
+@dataclass
+class PickSummary:
+    n_micrographs: int = 0
+    n_picks: int = 0
+    n_failed: int = 0
+    n_skipped: int = 0
+    seconds: float = 0.0
+    failed: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        per = self.n_picks / self.n_micrographs if self.n_micrographs else 0.0
+        spm = self.seconds / self.n_micrographs if self.n_micrographs else 0.0
+        txt = (f"picked {self.n_micrographs} micrograph(s): {self.n_picks} particles "
+               f"({per:.1f} per micrograph), {spm:.2f} s per micrograph")
+        if self.n_skipped:
+            txt += f"; {self.n_skipped} skipped (output already there)"
+        if self.n_failed:
+            txt += f"; {self.n_failed} could not be read (see failed_micrographs.txt)"
+        return txt
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"i/n"`` -> ``(i, n)`` with ``0 <= i < n``."""
+    if not text:
+        return None
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+    if not m or int(m.group(2)) < 1 or int(m.group(1)) >= int(m.group(2)):
+        raise SelfpickError(f"--shard {text!r}: expected i/n with 0 <= i < n, e.g. 0/4")
+    return int(m.group(1)), int(m.group(2))
+
+
+def shard_from_environment() -> tuple[int, int] | None:
+    """The share of a ``torchrun`` rank, if this process is one."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        return int(os.environ.get("RANK", "0")), world
+    return None
+
+
+def select_shard(paths: list[Path], shard: tuple[int, int] | None) -> list[Path]:
+    """Every ``n``-th micrograph starting at ``i`` (of the list sorted by name)."""
+    if shard is None:
+        return paths
+    i, n = shard
+    return sorted(paths, key=lambda p: micrograph_name(p))[i::n]
+
+
+class _MicrographStream(torch.utils.data.Dataset):
+    """Reads and preprocesses micrographs (in DataLoader workers)."""
+
+    def __init__(self, paths: list[Path], saved: SavedModel):
+        self.paths = paths
+        self.factor = saved.downsample
+        self.pcfg = saved.config.preprocess
+        self.pixel_size = saved.config.data.pixel_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        path = self.paths[i]
+        try:
+            data, _ = read_micrograph(path, self.pixel_size)
+            img, scale = preprocess(data, self.factor, self.pcfg)
+            return {"index": i, "image": torch.from_numpy(img), "scale": (scale.sx, scale.sy,
+                    scale.method), "shape": data.shape, "error": None}
+        except InputError as exc:
+            return {"index": i, "image": None, "scale": None, "shape": None, "error": str(exc)}
+
+
+def _collate(items):
+    return items
+
+
+def pick_image(saved: SavedModel, image: torch.Tensor | np.ndarray, scale: Scale,
+               original_shape: tuple[int, int], device: torch.device, threshold: float,
+               edge_margin: float = 0.0, min_distance: float | None = None,
+               tile: int | None = None, amp: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Picks of one preprocessed micrograph.
+
+    Returns ``(xy, scores)``: ``(N, 2)`` centres in ORIGINAL pixels and their scores,
+    best first, all with score >= ``threshold`` and at least ``edge_margin`` original pixels
+    from the edge.
+    """
+    r = saved.radius_model_px
+    dist_frac = saved.min_distance if min_distance is None else min_distance
+    prob = predict_probability(saved.model, image, device, tile=tile, amp=amp)
+    floor = threshold if threshold > 0 else KEEP_ALL_FLOOR
+    margin_model = edge_margin / max(scale.sx, scale.sy) if edge_margin else 0.0
+    xy_m, scores = find_peaks(score_map(prob, r), dist_frac * 2 * r, threshold=floor,
+                              edge_margin=margin_model)
+    xy = scale.to_original(xy_m)
+    if edge_margin:
+        ny, nx = original_shape
+        ok = ((xy[:, 0] >= edge_margin) & (xy[:, 1] >= edge_margin)
+              & (xy[:, 0] <= nx - 1 - edge_margin) & (xy[:, 1] <= ny - 1 - edge_margin))
+        xy, scores = xy[ok], scores[ok]
+    return xy, scores
+
+
+def pick_micrograph(saved: SavedModel, path: str | os.PathLike, device="cpu",
+                    threshold: float | None = None, **kwargs) -> pd.DataFrame:
+    """Pick one micrograph file; returns a pick table (see :mod:`selfpick.io.coords`)."""
+    data, _ = read_micrograph(path, saved.config.data.pixel_size)
+    img, scale = preprocess(data, saved.downsample, saved.config.preprocess)
+    thr = saved.threshold if threshold is None else threshold
+    xy, scores = pick_image(saved, img, scale, data.shape, torch.device(device), thr, **kwargs)
+    return coordio.make_picks(micrograph_name(path), xy, scores, saved.particle_diameter)
+
+
+def _output_plan(opts: PickOptions) -> tuple[bool, str]:
+    fmt = opts.fmt
+    if fmt not in coordio.FORMATS:
+        raise SelfpickError(f"--format {fmt!r}: choose one of {', '.join(coordio.FORMATS)}")
+    per = opts.per_micrograph
+    if opts.single_file:
+        if fmt in ("box", "cbox", "cryoppp"):
+            raise SelfpickError(f"--format {fmt} holds one micrograph per file; "
+                                "--single-file needs star, csv, topaz or json")
+        per = False
+    if per is None:
+        per = fmt in PER_MICROGRAPH_FORMATS
+    if fmt in ("box", "cbox", "cryoppp"):
+        per = True
+    return per, fmt
+
+
+def _check_output_dir(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".selfpick-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise os_error_to_output_error(exc, out) from exc
+
+
+def _per_micrograph_target(out: Path, name: str, fmt: str, suffix: str) -> Path:
+    ext = coordio.FORMAT_EXTENSIONS[fmt]
+    sfx = suffix if fmt == "star" else ""
+    return out / f"{coordio.coordinate_name(name)}{sfx}{ext}"
+
+
+def pick(model_path: str | os.PathLike, images, output: str | os.PathLike,
+         opts: PickOptions | None = None, progress: bool = True) -> PickSummary:
+    """Pick every micrograph of ``images`` (folder, glob, list file or list) into ``output``.
+
+    Raises :class:`SelfpickError` for unusable input (no micrographs, not a model file, an
+    output folder that cannot be written). A micrograph that cannot be read is logged and
+    listed in ``failed_micrographs.txt``; the others are still picked.
+    """
+    opts = opts or PickOptions()
+    per_mic, fmt = _output_plan(opts)
+    shard = opts.shard or shard_from_environment()
+    paths = list_micrographs(images)
+    paths = select_shard(paths, shard)
+    device = resolve_device(opts.device)
+    saved = load_model(model_path, device)
+    out = Path(output)
+    _check_output_dir(out)
+    threshold = saved.threshold if opts.threshold is None else float(opts.threshold)
+    edge = opts.edge_margin if opts.edge_margin is not None else saved.config.pick.edge_margin
+    box = opts.box_size or saved.particle_diameter
+    names = {micrograph_name(p): p for p in paths}
+    summary = PickSummary()
+    todo = paths
+    if opts.skip_existing and per_mic:
+        todo = [p for p in paths
+                if not _per_micrograph_target(out, micrograph_name(p), fmt, opts.suffix).is_file()]
+        summary.n_skipped = len(paths) - len(todo)
+    workers = opts.workers
+    if workers < 0:
+        workers = 0 if device.type == "cpu" and (os.cpu_count() or 1) <= 2 else min(
+            4, max(1, (os.cpu_count() or 2) - 1))
+    loader = torch.utils.data.DataLoader(
+        _MicrographStream(todo, saved), batch_size=1, shuffle=False, num_workers=workers,
+        collate_fn=_collate, prefetch_factor=2 if workers else None,
+        pin_memory=False, persistent_workers=False)
+    log.info("picking %d micrograph(s) with %s (threshold %.3f%s, particle %.0f px, "
+             "x%.2f downsampling) on %s", len(todo), model_path, threshold,
+             "" if opts.threshold is None else " from --threshold", saved.particle_diameter,
+             saved.downsample, device)
+    combined: list[pd.DataFrame] = []
+    index_rows: list[tuple[str, str]] = []
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(todo), desc="Picking", unit="mic", disable=not progress or None)
+    for batch in loader:
+        for item in batch:
+            path = todo[item["index"]]
+            name = micrograph_name(path)
+            if item["error"]:
+                log.warning("skipping %s", item["error"])
+                summary.failed.append(f"{path}\t{item['error']}")
+                summary.n_failed += 1
+                bar.update(1)
+                continue
+            sx, sy, method = item["scale"]
+            xy, scores = pick_image(saved, item["image"], Scale(sx, sy, method), item["shape"],
+                                    device, threshold, edge, opts.min_distance, opts.tile)
+            table = coordio.make_picks(name, xy, scores, saved.particle_diameter)
+            if opts.flip_y:
+                table = coordio.flip_y(table, {name: item["shape"][0]})
+            summary.n_picks += len(table)
+            summary.n_micrographs += 1
+            if per_mic:
+                target = _per_micrograph_target(out, name, fmt, opts.suffix)
+                coordio.write_per_micrograph(table, out, fmt, box_size=box,
+                                             suffix=opts.suffix if fmt == "star" else "",
+                                             micrograph_paths={name: path})
+                index_rows.append((str(path), str(target)))
+            else:
+                combined.append(table)
+            bar.update(1)
+            bar.set_postfix(picks=len(table))
+    bar.close()
+    summary.seconds = time.perf_counter() - t0
+    shard_tag = f"_shard{shard[0]}of{shard[1]}" if shard else ""
+    if per_mic and fmt == "star":
+        from selfpick.io.formats import relion_star
+
+        if opts.skip_existing:  # the index must also list what an earlier run picked
+            index_rows = [(str(p), str(_per_micrograph_target(out, micrograph_name(p), fmt,
+                                                              opts.suffix))) for p in paths]
+        index = out / f"{opts.suffix.lstrip('_') or 'autopick'}{shard_tag}.star"
+        relion_star.write_index(index_rows, index)
+        summary.outputs.append(str(index))
+    elif not per_mic:
+        table = pd.concat(combined, ignore_index=True) if combined else coordio.empty_picks()
+        target = out / f"picks{shard_tag}{coordio.FORMAT_EXTENSIONS[fmt]}"
+        coordio.write_coordinates(table, target, fmt, box_size=box)
+        summary.outputs.append(str(target))
+    if summary.failed:
+        from selfpick.utils.atomic import atomic_write_text
+
+        atomic_write_text(out / f"failed_micrographs{shard_tag}.txt",
+                          "\n".join(summary.failed) + "\n")
+    atomic_write_json(out / f"pick_summary{shard_tag}.json", {
+        "model": str(model_path), "threshold": threshold, "format": fmt,
+        "per_micrograph": per_mic, "flip_y": opts.flip_y, "shard": list(shard) if shard else None,
+        "n_micrographs": summary.n_micrographs, "n_picks": summary.n_picks,
+        "n_failed": summary.n_failed, "n_skipped": summary.n_skipped,
+        "seconds": round(summary.seconds, 3),
+        "seconds_per_micrograph": round(summary.seconds / max(1, summary.n_micrographs), 4),
+    })
+    if summary.n_micrographs == 0 and summary.n_failed:
+        raise InputError(f"none of the {summary.n_failed} micrograph(s) could be read; first "
+                         f"problem: {summary.failed[0].split(chr(9))[1]}")
+    return summary
+
+
+__all__ = ["PickOptions", "PickSummary", "pick", "pick_image", "pick_micrograph", "parse_shard",
+           "select_shard"]
