@@ -798,24 +798,6 @@ def _move_into_place(stage: Path, out: Path) -> None:
         raise os_error_to_output_error(exc, out) from exc
 
 
-def _stamp_mrc_label(path: Path, text: str) -> None:
-    """Replace the MRC header's first label (mrcfile writes the creation time there) with
-    ``text``, so the same seed gives byte-identical files.
-
-    Safe to patch in place: the file lies in the staging folder that is moved into place only
-    when the whole data set is written. Label 0 is bytes 224-303 of the 1024-byte header.
-    """
-    label = text.encode("ascii", "replace")[:80].ljust(80, b" ")
-    try:
-        with open(path, "r+b") as fh:
-            fh.seek(224)
-            fh.write(label)
-    except OSError as exc:
-        from selfpick.utils.atomic import os_error_to_output_error
-
-        raise os_error_to_output_error(exc, path) from exc
-
-
 def _simulate_into(cfg: SimulationConfig, out: Path, progress: bool) -> SimulationResult:
     import pandas as pd
     from tqdm import tqdm
@@ -836,8 +818,8 @@ def _simulate_into(cfg: SimulationConfig, out: Path, progress: bool) -> Simulati
     for i, name in enumerate(bar):
         image, xy, extras = simulate_micrograph(micrograph_rng(cfg.seed, i), cfg, i, molecule)
         path = out / "micrographs" / f"{name}.mrc"
-        write_mrc(path, image, pixel_size=cfg.pixel_size)
-        _stamp_mrc_label(path, f"selfpick {__version__} simulate seed={cfg.seed} {name}")
+        write_mrc(path, image, pixel_size=cfg.pixel_size,
+                  label=f"selfpick {__version__} simulate seed={cfg.seed} {name}")
         paths.append(path)
         truth[name] = xy
         labels[name] = xy[choose_labels(xy, cfg.label_fraction, _labels_rng(cfg.seed, i))]

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 
-from selfpick.evaluation.evaluate import evaluate_model, evaluate_picks, metrics_table
 from selfpick.io.coords import FORMATS
-from selfpick.utils.atomic import atomic_write_json
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -45,6 +43,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from selfpick.evaluation.evaluate import evaluate_model, evaluate_picks, metrics_table
+    from selfpick.utils.atomic import atomic_write_json
+
     if args.model:
         result = evaluate_model(args.model, args.image_dir, args.coords_file, args.radius,
                                 args.threshold, args.device, args.coords_format,

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 
 from selfpick.io.coords import FORMATS
-from selfpick.picking.pick import PickOptions, parse_shard, pick
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -68,6 +67,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from selfpick.picking.pick import PickOptions, parse_shard, pick
+
     opts = PickOptions(fmt=args.format, threshold=args.threshold,
                        per_micrograph=args.per_micrograph, single_file=args.single_file,
                        edge_margin=args.edge_margin, min_distance=args.min_distance,

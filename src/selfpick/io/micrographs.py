@@ -275,8 +275,13 @@ def _check_image(data: np.ndarray, path: Path) -> np.ndarray:
     return data
 
 
-def write_mrc(path: str | os.PathLike, data: np.ndarray, pixel_size: float | None = None) -> None:
-    """Write a 2-D ``float32`` MRC atomically, with the pixel size (Å) in the header."""
+def write_mrc(path: str | os.PathLike, data: np.ndarray, pixel_size: float | None = None,
+              label: str = "selfpick") -> None:
+    """Write a 2-D ``float32`` MRC atomically, with the pixel size (Å) in the header.
+
+    ``label`` replaces mrcfile's time-stamped first header label, so the same data always
+    give the same bytes.
+    """
     import mrcfile
 
     arr = np.ascontiguousarray(data, dtype=np.float32)
@@ -287,3 +292,5 @@ def write_mrc(path: str | os.PathLike, data: np.ndarray, pixel_size: float | Non
             mrc.set_data(arr)
             if pixel_size:
                 mrc.voxel_size = float(pixel_size)
+            mrc.header.label[0] = label.encode("ascii", "replace")[:80]
+            mrc.header.nlabl = 1

@@ -354,3 +354,20 @@ def require_columns(
             f"columns found: {found}",
             path,
         )
+
+
+def write_star_file(blocks: Any, path: str | os.PathLike, **kwargs: Any) -> None:
+    """``starfile.write`` to ``path`` (a temporary file), without the time-stamped comment.
+
+    The "# Created by the starfile Python package ... at HH:MM:SS" line would make the same
+    picks give different files; RELION and starfile do not need it.
+    """
+    import starfile
+
+    starfile.write(blocks, path, **kwargs)
+    text = Path(path).read_text(encoding="utf-8")
+    lines = text.splitlines(keepends=True)
+    if lines and lines[0].startswith("# Created by the starfile"):
+        text = "# Written by selfpick\n" + "".join(lines[1:])
+        Path(path).write_text(text, encoding="utf-8")
+

@@ -27,6 +27,7 @@ from selfpick.io.formats._common import (
     one_micrograph,
     parse_floats,
     read_text,
+    write_star_file,
 )
 from selfpick.utils.atomic import atomic_path
 
@@ -96,7 +97,6 @@ def write(picks: pd.DataFrame, path: str | os.PathLike, *, box_size: float | Non
     ``box_size`` (px) sets ``_Width``/``_Height``, else each pick's diameter does; the diameter,
     when known, is written as ``_EstWidth``/``_EstHeight``.
     """
-    import starfile
 
     one_micrograph(picks, NAME)
     n = len(picks)
@@ -124,7 +124,7 @@ def write(picks: pd.DataFrame, path: str | os.PathLike, *, box_size: float | Non
     with atomic_path(path) as tmp:
         # Missing values (Z, Depth, ...) are written as starfile's "<NA>", which pandas-based
         # STAR readers take as NaN.
-        starfile.write(
+        write_star_file(
             {"global": {"cbox_format_version": "1.0"}, "cryolo": df, "cryolo_include": include},
             tmp,
             float_format="%.6f",

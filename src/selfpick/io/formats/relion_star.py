@@ -31,6 +31,7 @@ from selfpick.io.formats._common import (
     file_stem_name,
     parse_floats,
     read_text,
+    write_star_file,
 )
 from selfpick.utils.atomic import atomic_path
 
@@ -146,10 +147,8 @@ def _read_index(path: str | os.PathLike, index: pd.DataFrame) -> pd.DataFrame:
 
 
 def _write_star(blocks: dict[str, pd.DataFrame], path: str | os.PathLike) -> None:
-    import starfile
-
     with atomic_path(path) as tmp:
-        starfile.write(blocks, tmp, float_format=FLOAT_FORMAT, na_rep=NA_REP)
+        write_star_file(blocks, tmp, float_format=FLOAT_FORMAT, na_rep=NA_REP)
 
 
 def write(picks: pd.DataFrame, path: str | os.PathLike, *, box_size: float | None = None) -> None:
