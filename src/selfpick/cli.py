@@ -65,14 +65,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
-    level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
+    """Console messages on stderr; ``quiet`` keeps warnings only. Log files (training.log)
+    are separate handlers and always get INFO."""
+    console_level = logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO)
     root = logging.getLogger("selfpick")
-    root.setLevel(level)
-    if not any(getattr(h, "_selfpick_console", False) for h in root.handlers):
-        h = logging.StreamHandler(sys.stderr)
-        h.setFormatter(logging.Formatter("%(message)s"))
-        h._selfpick_console = True  # type: ignore[attr-defined]
-        root.addHandler(h)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    for h in root.handlers:
+        if getattr(h, "_selfpick_console", False):
+            h.setLevel(console_level)
+            return
+    h = logging.StreamHandler(sys.stderr)
+    h.setFormatter(logging.Formatter("%(message)s"))
+    h.setLevel(console_level)
+    h._selfpick_console = True  # type: ignore[attr-defined]
+    root.addHandler(h)
 
 
 def main(argv: list[str] | None = None) -> int:

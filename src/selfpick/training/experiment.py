@@ -114,20 +114,18 @@ def _prepare_folder(out: Path, resume: bool, overwrite: bool) -> bool:
 def _log_to_file(path: Path):
     handler = logging.FileHandler(path, mode="a", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.setLevel(logging.INFO)
     logger = logging.getLogger("selfpick")
     logger.addHandler(handler)
+    old_level = logger.level
     if logger.level == logging.NOTSET or logger.level > logging.INFO:
-        old_level = logger.level
         logger.setLevel(logging.INFO)
-    else:
-        old_level = None
     try:
         yield
     finally:
         logger.removeHandler(handler)
         handler.close()
-        if old_level is not None:
-            logger.setLevel(old_level)
+        logger.setLevel(old_level)
 
 
 def _read_root_metrics(out: Path) -> dict:
@@ -339,7 +337,7 @@ def _run_stages(cfg: Config, ts: TrainingSet, out: Path, device: torch.device,
             dist.broadcast_state(model)
             prev_val = None
             if is_main:
-                f1 = done["validation"]["particle"]["f1"]
+                f1 = selection_f1(done)
                 best_f1, since_best = (f1, 0) if f1 > best_f1 else (best_f1, since_best + 1)
             continue
         t_stage = time.perf_counter()
@@ -401,7 +399,7 @@ def _run_stages(cfg: Config, ts: TrainingSet, out: Path, device: torch.device,
                     f"{name} — training micrograph {fig_mic.name}", k)
             stages.append(entry)
             prev_val = val
-            f1 = p["f1"]
+            f1 = selection_f1(entry)
             best_f1, since_best = (f1, 0) if f1 > best_f1 else (best_f1, since_best + 1)
         stop = torch.tensor([0])
         if is_main and k >= 1 and cfg.selftrain.early_stop_patience and \
@@ -422,12 +420,22 @@ def _run_stages(cfg: Config, ts: TrainingSet, out: Path, device: torch.device,
     return ExperimentResult(out, stages if is_main else [], best_stage)
 
 
+def selection_f1(entry: dict) -> float:
+    """The validation particle F1 stages are ranked by.
+
+    With clearly incomplete labels the completeness-corrected F1 (see
+    :mod:`selfpick.training.validate`), otherwise the plain F1.
+    """
+    p = entry["validation"]["particle"]
+    return float(p.get("corrected", {}).get("f1", p["f1"]))
+
+
 def _fmt(x) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
 def _update_root(out: Path, root: dict) -> None:
-    best = max(root["stages"], key=lambda s: s["validation"]["particle"]["f1"])
+    best = max(root["stages"], key=selection_f1)
     root["best_stage"] = best["stage"]
     root["final_stage"] = root["stages"][-1]["stage"]
     root["note"] = ("particle-level figures: picks matched one-to-one to the labelled centres "
@@ -444,21 +452,24 @@ def _finish(out: Path, root: dict) -> str:
         with atomic_path(out / dst) as tmp:
             shutil.copyfile(out / src / "model.pt", tmp)
     log.info("best stage: %s (validation particle F1 %.3f); final stage: %s", best,
-             next(s for s in root["stages"] if s["stage"] == best)["validation"]["particle"]["f1"],
+             selection_f1(next(s for s in root["stages"] if s["stage"] == best)),
              final)
     return best
 
 
 def stage_table(stages: list[dict]) -> str:
     """A plain-text table of every stage's validation metrics."""
-    head = (f"{'stage':<24} {'P':>6} {'R':>6} {'F1':>6} {'bestF1':>7} {'AP':>6} {'thr':>6} | "
+    head = (f"{'stage':<24} {'P':>6} {'R':>6} {'F1':>6} {'F1corr':>7} {'AP':>6} {'thr':>6} | "
             f"{'pixP':>6} {'pixR':>6} {'pixF1':>6} {'IoU':>6} {'ROCAUC':>7}")
     lines = [head, "-" * len(head)]
+    note = ("F1corr: F1 with precision corrected for incomplete labels (= F1 when labels look "
+            "complete); stages are ranked by it")
     for s in stages:
         p, x = s["validation"]["particle"], s["validation"]["pixel"]
         lines.append(
             f"{s['stage']:<24} {p['precision']:6.3f} {p['recall']:6.3f} {p['f1']:6.3f} "
-            f"{p['best_f1']:7.3f} {p['average_precision']:6.3f} {s['threshold']:6.3f} | "
+            f"{selection_f1(s):7.3f} {p['average_precision']:6.3f} {s['threshold']:6.3f} | "
             f"{x['precision']:6.3f} {x['recall']:6.3f} {x['f1']:6.3f} {x['iou']:6.3f} "
             f"{_fmt(x.get('roc_auc')):>7}")
+    lines.append(note)
     return "\n".join(lines)

@@ -1,0 +1,223 @@
+#!/usr/bin/env python
+"""Accuracy on real micrographs: EMPIAR-10017 (β-galactosidase), held-out particle-level F1.
+
+What a user would run, with default settings: ``selfpick train`` (only the data, the diameter
+and the output folder given) on the 10 micrographs that sort first, ``selfpick pick`` on the 5
+that sort last (never seen in training, validation or pseudo-labelling), ``selfpick evaluate``
+with a 54 px match radius. Two label regimes -- all curated picks, and a seeded 30 % of them
+per micrograph -- and three seeds each.
+
+Picking keeps every candidate (``--threshold 0``) so that one pick file gives the F1 at the
+model's own threshold, the best F1 over thresholds (an oracle) and AP.
+
+Usage:
+  python bench/accuracy.py                      # full benchmark (about an hour on 2 cores)
+  python bench/accuracy.py --seeds 0 --regimes all --train-args "--initial-epochs 10"
+
+Writes bench/results/accuracy.json and prints a Markdown table. Skips (exit 0) when the real
+data set is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "real" / "empiar10017_betagal_cryosegnet"
+RESULTS = REPO / "bench" / "results"
+DIAMETER = 108
+RADIUS = 54
+N_TRAIN = 10
+
+
+def run(cmd: list[str], log_path: Path) -> float:
+    """Run a selfpick command, teeing output to ``log_path``; returns wall seconds."""
+    t0 = time.perf_counter()
+    with open(log_path, "a") as log:
+        log.write("$ " + shlex.join(cmd) + "\n")
+        log.flush()
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        raise SystemExit(f"command failed ({proc.returncode}): {shlex.join(cmd)}; see {log_path}")
+    return time.perf_counter() - t0
+
+
+def selfpick() -> list[str]:
+    exe = Path(sys.executable).with_name("selfpick")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "selfpick"]
+
+
+def prepare(work: Path, regime: str, seed: int) -> tuple[Path, Path, Path]:
+    """Folders of symlinked micrographs (train/test) and the training labels for a regime."""
+    names = sorted(p.stem for p in (DATA / "micrographs").glob("*.jpg"))
+    train, test = names[:N_TRAIN], names[N_TRAIN:]
+    tr, te, lab = work / "train_mics", work / "test_mics", work / f"labels_{regime}_{seed}"
+    for folder, subset in ((tr, train), (te, test)):
+        if not folder.exists():
+            folder.mkdir(parents=True)
+            for n in subset:
+                (folder / f"{n}.jpg").symlink_to(DATA / "micrographs" / f"{n}.jpg")
+    lab.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for n in train:
+        df = pd.read_csv(DATA / "coordinates" / f"{n}.csv")
+        if regime == "30pct":
+            k = max(1, int(round(0.3 * len(df))))
+            df = df.iloc[np.sort(rng.choice(len(df), size=k, replace=False))]
+        df.to_csv(lab / f"{n}.csv", index=False)
+    return tr, te, lab
+
+
+def evaluate(picks: Path, test_mics: Path, threshold: float | None, out: Path,
+             log_path: Path) -> dict:
+    cmd = selfpick() + ["evaluate", "--picks", str(picks), "--image-dir", str(test_mics),
+                        "--coords-file", str(DATA / "coordinates"), "--radius", str(RADIUS),
+                        "--output", str(out), "-q"]
+    if threshold is not None:
+        cmd += ["--threshold", str(threshold)]
+    run(cmd, log_path)
+    return json.loads(out.read_text())["particle"]
+
+
+def one_run(work: Path, regime: str, seed: int, train_args: list[str]) -> dict:
+    tr, te, lab = prepare(work, regime, seed)
+    exp = work / f"exp_{regime}_{seed}"
+    log_path = work / f"log_{regime}_{seed}.txt"
+    if exp.exists():
+        shutil.rmtree(exp)
+    t_train = run(selfpick() + ["train", "--image-dir", str(tr), "--coords-file", str(lab),
+                                "--particle-diameter", str(DIAMETER), "--output-dir", str(exp),
+                                "--seed", str(seed), "-q", *train_args], log_path)
+    metrics = json.loads((exp / "metrics.json").read_text())
+    stages = {s["stage"]: s for s in metrics["stages"]}
+    out: dict = {"regime": regime, "seed": seed, "train_seconds": round(t_train, 1),
+                 "best_stage": metrics["best_stage"], "stages": {}}
+    for stage in stages:
+        model = exp / stage / "model.pt"
+        thr = stages[stage]["threshold"]
+        picks = exp / f"test_picks_{stage}"
+        t_pick = run(selfpick() + ["pick", "--model", str(model), "--images", str(te),
+                                   "--output", str(picks), "--threshold", "0", "--format", "star",
+                                   "-q"], log_path)
+        p = evaluate(picks / "autopick.star", te, thr, exp / f"test_metrics_{stage}.json",
+                     log_path)
+        out["stages"][stage] = {
+            "threshold": thr, "precision": p["precision"], "recall": p["recall"], "f1": p["f1"],
+            "best_f1": p["best_f1"], "average_precision": p["average_precision"],
+            "pick_seconds_per_micrograph": round(t_pick / 5, 2),
+            "validation_f1": stages[stage]["validation"]["particle"]["f1"],
+        }
+    # Pixel-level metrics of the best model on the test micrographs, for comparison with the
+    # original notes (which reported only pixel-level figures).
+    pix_json = exp / "test_metrics_best_model_full.json"
+    run(selfpick() + ["evaluate", "--model", str(exp / "best_model.pt"), "--image-dir", str(te),
+                      "--coords-file", str(DATA / "coordinates"), "--radius", str(RADIUS),
+                      "--output", str(pix_json), "-q"], log_path)
+    out["best_pixel"] = json.loads(pix_json.read_text())["pixel"]
+    out["best"] = out["stages"][metrics["best_stage"]]
+    out["iteration_0"] = out["stages"]["iteration_0_supervised"]
+    return out
+
+
+def summarise(runs: list[dict]) -> dict:
+    table = {}
+    for regime in sorted({r["regime"] for r in runs}):
+        rs = [r for r in runs if r["regime"] == regime]
+        row = {}
+        for which in ("best", "iteration_0"):
+            for k in ("precision", "recall", "f1", "best_f1", "average_precision"):
+                v = np.array([r[which][k] for r in rs], dtype=float)
+                row[f"{which}_{k}"] = [float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0]
+        for k in ("precision", "recall", "f1", "roc_auc"):
+            v = np.array([r["best_pixel"][k] or np.nan for r in rs], dtype=float)
+            row[f"pixel_{k}"] = [float(np.nanmean(v)), float(np.nanstd(v, ddof=1)) if len(v) > 1
+                                 else 0.0]
+        t = np.array([r["train_seconds"] for r in rs])
+        row["train_seconds"] = [float(t.mean()), float(t.max())]
+        row["n_seeds"] = len(rs)
+        table[regime] = row
+    return table
+
+
+def markdown(table: dict) -> str:
+    def ms(x):
+        return f"{x[0]:.3f} ± {x[1]:.3f}"
+
+    lines = ["| labels | model | precision | recall | F1 (own threshold) | best F1 (oracle) | AP |",
+             "|---|---|---|---|---|---|---|"]
+    for regime, row in table.items():
+        for which, label in (("iteration_0", "supervised (iteration 0)"),
+                             ("best", "best stage (self-training)")):
+            lines.append(f"| {regime} | {label} | {ms(row[which + '_precision'])} | "
+                         f"{ms(row[which + '_recall'])} | {ms(row[which + '_f1'])} | "
+                         f"{ms(row[which + '_best_f1'])} | "
+                         f"{ms(row[which + '_average_precision'])} |")
+    lines.append("")
+    lines.append("| labels | pixel precision | pixel recall | pixel F1 | pixel ROC-AUC | "
+                 "train time mean / max (s) |")
+    lines.append("|---|---|---|---|---|---|")
+    for regime, row in table.items():
+        lines.append(f"| {regime} | {ms(row['pixel_precision'])} | {ms(row['pixel_recall'])} | "
+                     f"{ms(row['pixel_f1'])} | {ms(row['pixel_roc_auc'])} | "
+                     f"{row['train_seconds'][0]:.0f} / {row['train_seconds'][1]:.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--regimes", nargs="+", default=["all", "30pct"], choices=["all", "30pct"])
+    ap.add_argument("--train-args", default="", help="extra selfpick train flags (tuning only)")
+    ap.add_argument("--work", default=None, help="working folder (default: a temporary one)")
+    ap.add_argument("--output", default=str(RESULTS / "accuracy.json"))
+    args = ap.parse_args()
+    if not DATA.is_dir():
+        print(f"skipped: the real data set is not at {DATA}")
+        return 0
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="selfpick_acc_"))
+    work.mkdir(parents=True, exist_ok=True)
+    train_args = shlex.split(args.train_args)
+    t0 = time.perf_counter()
+    runs = []
+    for regime in args.regimes:
+        for seed in args.seeds:
+            r = one_run(work, regime, seed, train_args)
+            runs.append(r)
+            b = r["best"]
+            print(f"{regime} seed {seed}: best {r['best_stage']} F1 {b['f1']:.3f} "
+                  f"(P {b['precision']:.3f} R {b['recall']:.3f}) best-F1 {b['best_f1']:.3f} "
+                  f"AP {b['average_precision']:.3f}; iteration 0 F1 {r['iteration_0']['f1']:.3f}; "
+                  f"train {r['train_seconds']:.0f} s", flush=True)
+    table = summarise(runs)
+    result = {
+        "benchmark": "accuracy", "dataset": "EMPIAR-10017 (CryoSegNet JPEGs), 10 train / 5 test",
+        "match_radius_px": RADIUS, "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                    "python": platform.python_version()},
+        "train_args": train_args, "total_seconds": round(time.perf_counter() - t0, 1),
+        "summary": table, "runs": runs,
+    }
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(markdown(table))
+    print(f"total {result['total_seconds']:.0f} s; wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
