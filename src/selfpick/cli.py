@@ -64,6 +64,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of each message (pytest, notebooks and
+    callers that redirect stderr replace it after the handler is made)."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
     """Console messages on stderr; ``quiet`` keeps warnings only. Log files (training.log)
     are separate handlers and always get INFO."""
@@ -74,7 +90,7 @@ def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
         if getattr(h, "_selfpick_console", False):
             h.setLevel(console_level)
             return
-    h = logging.StreamHandler(sys.stderr)
+    h = _StderrHandler()
     h.setFormatter(logging.Formatter("%(message)s"))
     h.setLevel(console_level)
     h._selfpick_console = True  # type: ignore[attr-defined]
@@ -83,7 +99,11 @@ def setup_logging(quiet: bool = False, verbose: bool = False) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
     args = parser.parse_args(argv)
+    # The command line as given (for config.json and logs), also when called from Python.
+    args._argv = list(argv)
     if not getattr(args, "command", None):
         parser.print_help()
         return EXIT_USER_ERROR

@@ -71,7 +71,9 @@ class PreprocessConfig:
 class ModelConfig:
     depth: int = opt(3, "U-Net depth (number of 2x downsamplings)")
     width: int = opt(16, "channels of the first U-Net level (doubled at each level)")
-    norm: str = opt("batch", "normalisation layers", choices=("batch", "group", "none"))
+    norm: str = opt("batch", "normalisation layers (per-image norms such as group norm are "
+                    "not offered: they would make tiled picking differ from whole-image "
+                    "picking)", choices=("batch", "none"))
 
 
 @dataclass
@@ -315,3 +317,16 @@ def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = Non
     given = {k: v for k, v in vars(args).items() if k in index}
     cfg.update(given, source="command line")
     return cfg
+
+
+def given_keys(args: argparse.Namespace, base: dict[str, Any] | None = None) -> set[str]:
+    """Flat names of the settings the user set: flags given plus a config file's keys."""
+    index = _field_index()
+    keys = {k for k in vars(args) if k in index}
+    for key, value in (base or {}).items():
+        k = key.replace("-", "_")
+        if k in SECTIONS and isinstance(value, dict):
+            keys |= {sub.replace("-", "_") for sub in value}
+        else:
+            keys.add(k)
+    return keys

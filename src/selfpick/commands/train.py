@@ -29,7 +29,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from selfpick.config import add_config_arguments, config_from_args, load_config_file
+from selfpick.config import add_config_arguments, config_from_args, given_keys, load_config_file
 from selfpick.errors import SelfpickError
 
 log = logging.getLogger("selfpick")
@@ -66,13 +66,19 @@ def main(args: argparse.Namespace) -> int:
                        source=saved)
     if cfg.train.multi_gpu and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return _launch_torchrun(args)
-    argv = sys.argv[2:] if len(sys.argv) > 1 and sys.argv[1] == "train" else sys.argv[1:]
+    argv = _command_argv(args)
     result = run_training(cfg, resume=args.resume, overwrite=args.overwrite, command_line=argv,
-                          progress=not args.quiet)
+                          progress=not args.quiet, explicit=given_keys(args, base))
     if result.stages:
         print(stage_table(result.stages))
         print(f"\nbest stage: {result.best_stage}; models in {result.output_dir}")
     return 0
+
+
+def _command_argv(args: argparse.Namespace) -> list[str]:
+    """The arguments after ``train`` as given to ``selfpick.cli.main``."""
+    argv = list(getattr(args, "_argv", sys.argv[1:]))
+    return argv[1:] if argv[:1] == ["train"] else argv
 
 
 def _launch_torchrun(args: argparse.Namespace) -> int:
@@ -83,7 +89,7 @@ def _launch_torchrun(args: argparse.Namespace) -> int:
     if n < 1:
         raise SelfpickError("--multi-gpu: no CUDA GPU is visible (use --nproc N with "
                             "--device cpu to test DDP on CPUs)")
-    argv = sys.argv[1:]
+    argv = ["train", *_command_argv(args)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc_per_node={n}", "-m", "selfpick", *argv]
     log.info("starting %d training processes: %s", n, " ".join(cmd))

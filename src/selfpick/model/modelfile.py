@@ -26,7 +26,6 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import pickle
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,9 +113,9 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> S
             "refused to load: the file contains Python objects other than weights and settings "
             "(it is not a selfpick model, or it was crafted to run code when loaded)", path
         ) from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        raise ModelFileError(f"not a readable model file (damaged or not a PyTorch file: {exc})",
-                             path) from exc
+    except Exception as exc:  # noqa: BLE001 - torch raises many types on foreign files
+        raise ModelFileError(f"not a readable model file (damaged or not a PyTorch file: "
+                             f"{type(exc).__name__}: {exc})", path) from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelFileError("not a selfpick model file (no selfpick header)", path)
     version = payload.get("format_version")

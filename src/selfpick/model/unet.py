@@ -19,8 +19,6 @@ _PRIOR = 0.05
 def _norm(kind: str, channels: int) -> nn.Module:
     if kind == "batch":
         return nn.BatchNorm2d(channels)
-    if kind == "group":
-        return nn.GroupNorm(min(8, channels), channels)
     return nn.Identity()
 
 

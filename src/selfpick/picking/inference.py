@@ -19,8 +19,9 @@ log = logging.getLogger(__name__)
 # Whole-image inference up to this many model pixels; beyond it, tiles bound the memory.
 WHOLE_IMAGE_MAX_PIXELS = 2048 * 2048
 DEFAULT_TILE = 512
-# Receptive-field radius of the default U-Net (depth 3) is about 60 model pixels.
-DEFAULT_MARGIN = 64
+# Tile margin per unit of the network's coarsest stride (2**depth): the receptive-field radius
+# of the U-Net grows as about 8 * 2**depth model pixels.
+MARGIN_PER_STRIDE = 9
 
 
 def _round_up(n: int, m: int) -> int:
@@ -54,11 +55,13 @@ def predict_logits(model: torch.nn.Module, images: torch.Tensor, amp: bool = Fal
 
 @torch.inference_mode()
 def predict_logits_tiled(model: torch.nn.Module, image: torch.Tensor, tile: int = DEFAULT_TILE,
-                         margin: int = DEFAULT_MARGIN, amp: bool = False,
+                         margin: int | None = None, amp: bool = False,
                          batch_size: int = 4) -> torch.Tensor:
     """Logits ``(H, W)`` of one image ``(H, W)`` computed in overlapping tiles."""
     multiple = getattr(model, "multiple", 1)
     tile = max(multiple, _round_up(tile, multiple))
+    if margin is None:
+        margin = MARGIN_PER_STRIDE * multiple
     margin = _round_up(margin, multiple)
     x, h, w = _pad_to_multiple(image[None, None], multiple)
     H, W = x.shape[-2:]

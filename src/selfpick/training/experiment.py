@@ -152,18 +152,27 @@ def _completed(out: Path, root: dict, k: int) -> dict | None:
 
 # ----------------------------------------------------------------------------- training
 
-def _resolve_resume_config(out: Path, cfg: Config) -> Config:
-    """On --resume, the experiment's own settings win; only run-time ones may change."""
+# Settings a resumed run may change; everything else is the experiment's own.
+RESUME_CHANGEABLE = frozenset({"self_training_iterations", "retrain_epochs", "device", "workers",
+                               "early_stop_patience", "multi_gpu", "output_dir", "amp"})
+
+
+def _resolve_resume_config(out: Path, cfg: Config, explicit: set[str] | None) -> Config:
+    """On --resume the experiment's saved settings win; only run-time settings the user gave
+    explicitly (``explicit``; ``None`` = those differing from the defaults) may change."""
     saved = Config.from_dict(load_config_file(out / "config.json"), source=out / "config.json")
-    changeable = {"self_training_iterations", "retrain_epochs", "device", "workers",
-                  "early_stop_patience", "multi_gpu", "output_dir", "amp"}
     new, old, default = cfg.flat(), saved.flat(), Config().flat()
-    for key, value in new.items():
-        if key in changeable:
-            saved._set(key, value, "command line")
-        elif value != old.get(key) and value != default.get(key):
+    if explicit is None:
+        explicit = {k for k, v in new.items() if v != default.get(k)}
+    for key in sorted(explicit):
+        if key not in new or new[key] == old.get(key):
+            continue
+        if key in RESUME_CHANGEABLE:
+            log.info("--resume: %s changed from %r to %r", key, old.get(key), new[key])
+            saved._set(key, new[key], "command line")
+        elif key not in ("image_dir", "coords_file", "coords_format", "unlabeled_dir"):
             log.warning("--resume: keeping the experiment's %s=%r (ignoring %r)", key,
-                        old.get(key), value)
+                        old.get(key), new[key])
     return saved
 
 
@@ -236,11 +245,13 @@ def _figure(path: Path, m: TrainingMicrograph, target: np.ndarray, prob: np.ndar
 
 
 def run_training(cfg: Config, resume: bool = False, overwrite: bool = False,
-                 command_line: list[str] | None = None, progress: bool = True) -> ExperimentResult:
+                 command_line: list[str] | None = None, progress: bool = True,
+                 explicit: set[str] | None = None) -> ExperimentResult:
     """Supervised training then ``self_training_iterations`` self-training iterations.
 
     Returns the stages' metrics and the best stage. Raises :class:`SelfpickError` for problems
     the user can fix (bad input, an existing experiment without resume/overwrite, ...).
+    ``explicit``: the settings the user gave (only these may change on resume).
     """
     if not cfg.train.output_dir:
         raise SelfpickError("no experiment folder given: use --output-dir")
@@ -251,53 +262,81 @@ def run_training(cfg: Config, resume: bool = False, overwrite: bool = False,
     rank, world = dist.rank_world()
     is_main = rank == 0
     continuing = False
+    existed = out.exists()
     if is_main:
         continuing = _prepare_folder(out, resume, overwrite)
     dist.barrier()
     if not is_main:
         continuing = _is_experiment(out)
     if continuing:
-        cfg = _resolve_resume_config(out, cfg)
+        cfg = _resolve_resume_config(out, cfg, explicit)
     device = ddp_device or resolve_device(cfg.train.device)
     progress = progress and is_main
     seed_everything(cfg.train.seed, cfg.train.deterministic)
-    log_cm = _log_to_file(out / "training.log") if is_main else contextlib.nullcontext()
-    with log_cm:
-        if is_main:
-            log.info("selfpick train %s", " ".join(command_line or sys.argv[1:]))
-            if continuing:
-                log.info("resuming the experiment in %s", out)
-        # Rank 0 preprocesses (and fills the cache) first; the other ranks then read the cache.
-        ts = None
-        if is_main:
-            ts = load_training_set(cfg, cache_dir=out / "cache", progress=progress)
-        dist.barrier()
-        if not is_main:
-            ts = load_training_set(cfg, cache_dir=out / "cache", progress=False)
-        if not ts.subset("train"):
-            raise SelfpickError("no labelled micrograph is left for training after the "
-                                "validation split; label more micrographs or lower "
-                                "--val-fraction")
-        val_mics = ts.subset("val")
-        val_split = "val"
-        if not val_mics:
-            log.warning("only one labelled micrograph: validating on the training micrograph "
-                        "(metrics will be optimistic); label at least two micrographs")
-            val_mics, val_split = ts.subset("train"), "train"
-        if is_main and not continuing:
-            atomic_write_json(out / "config.json", {
-                "selfpick_version": versions()["selfpick"],
-                "versions": versions(),
-                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                "command_line": ["selfpick", "train", *(command_line or sys.argv[1:])],
-                "seed": cfg.train.seed,
-                "particle_diameter": ts.particle_diameter,
-                "downsample": ts.downsample,
-                "split": ts.split_names(),
-                "match_report": ts.match_report.summary() if ts.match_report else "",
-                "config": cfg.to_dict(),
-            })
+    argv = list(command_line) if command_line is not None else ["(called from Python)"]
+    try:
+        with _log_to_file(out / "training.log") if is_main else contextlib.nullcontext():
+            ts, val_mics, val_split = _setup(cfg, out, continuing, argv, progress)
+    except BaseException:
+        # A run that fails before it has written config.json leaves nothing behind.
+        if is_main and not continuing and not (out / "config.json").exists():
+            _discard(out, existed)
+        raise
+    with _log_to_file(out / "training.log") if is_main else contextlib.nullcontext():
         return _run_stages(cfg, ts, out, device, val_mics, val_split, progress)
+
+
+def _discard(out: Path, existed: bool) -> None:
+    for name in ("training.log", "cache"):
+        p = out / name
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.exists():
+            p.unlink()
+    if not existed:
+        with contextlib.suppress(OSError):
+            out.rmdir()
+
+
+def _setup(cfg: Config, out: Path, continuing: bool, argv: list[str], progress: bool):
+    """Load and split the data, write config.json; returns (training set, val micrographs,
+    the split name the metrics are measured on)."""
+    is_main = dist.is_main()
+    if is_main:
+        log.info("selfpick train %s", " ".join(argv))
+        if continuing:
+            log.info("resuming the experiment in %s", out)
+    # Rank 0 preprocesses (and fills the cache) first; the other ranks then read the cache.
+    ts = None
+    if is_main:
+        ts = load_training_set(cfg, cache_dir=out / "cache", progress=progress)
+    dist.barrier()
+    if not is_main:
+        ts = load_training_set(cfg, cache_dir=out / "cache", progress=False)
+    if not ts.subset("train"):
+        raise SelfpickError("no labelled micrograph is left for training after the "
+                            "validation split; label more micrographs or lower "
+                            "--val-fraction")
+    val_mics = ts.subset("val")
+    val_split = "val"
+    if not val_mics:
+        log.warning("only one labelled micrograph: validating on the training micrograph "
+                    "(metrics will be optimistic); label at least two micrographs")
+        val_mics, val_split = ts.subset("train"), "train"
+    if is_main and not continuing:
+        atomic_write_json(out / "config.json", {
+            "selfpick_version": versions()["selfpick"],
+            "versions": versions(),
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "command_line": ["selfpick", "train", *argv],
+            "seed": cfg.train.seed,
+            "particle_diameter": ts.particle_diameter,
+            "downsample": ts.downsample,
+            "split": ts.split_names(),
+            "match_report": ts.match_report.summary() if ts.match_report else "",
+            "config": cfg.to_dict(),
+        })
+    return ts, val_mics, val_split
 
 
 def _run_stages(cfg: Config, ts: TrainingSet, out: Path, device: torch.device,

@@ -1,0 +1,143 @@
+"""Peak finding on synthetic score maps: positions, spacing, plateaus, edges, thresholds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from selfpick.picking.peaks import find_peaks, score_map, smooth
+
+
+def _blobs(shape, centres, sigma=2.0, heights=None) -> torch.Tensor:
+    """Sum of Gaussian bumps at integer ``(x, y)`` centres (x = column, y = row)."""
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    out = np.zeros(shape)
+    heights = heights if heights is not None else [1.0] * len(centres)
+    for (x, y), a in zip(centres, heights):
+        out += a * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2))
+    return torch.from_numpy(out.astype(np.float32))
+
+
+def _min_pairwise(xy: np.ndarray) -> float:
+    if len(xy) < 2:
+        return np.inf
+    d = np.sqrt(((xy[:, None, :] - xy[None, :, :]) ** 2).sum(-1))
+    d[np.diag_indices(len(xy))] = np.inf
+    return float(d.min())
+
+
+def test_gaussian_blobs_give_their_exact_centres_as_x_column_y_row():
+    # Deliberately non-square and asymmetric so that a swapped x/y cannot pass.
+    centres = [(10, 40), (55, 12), (30, 25), (70, 50)]
+    scores = _blobs((64, 96), centres, heights=[0.9, 0.8, 0.7, 0.6])
+    xy, s = find_peaks(scores, min_distance=5)
+    # Best first = by height; symmetric blobs on the grid need no sub-pixel shift.
+    np.testing.assert_allclose(xy, np.array(centres, dtype=float), atol=1e-3)
+    np.testing.assert_allclose(s, [0.9, 0.8, 0.7, 0.6], atol=1e-6)
+
+
+def test_off_grid_blobs_are_located_to_a_fraction_of_a_pixel():
+    # A model pixel is several original pixels: the sub-pixel refinement must move the pick
+    # towards the true centre, in the right direction on each axis.
+    centres = [(20.3, 30.7), (60.8, 15.2), (45.5, 45.0)]
+    scores = _blobs((64, 80), centres, sigma=2.5)
+    xy, _ = find_peaks(scores, min_distance=5)
+    order = np.lexsort((xy[:, 1], xy[:, 0]))
+    expected = np.array(sorted(centres))
+    assert np.abs(xy[order] - expected).max() < 0.1
+
+
+def test_scores_are_descending_and_are_the_map_values_at_the_picks():
+    rng = np.random.default_rng(0)
+    scores = smooth(torch.from_numpy(rng.random((80, 90)).astype(np.float32)), 1.5)
+    xy, s = find_peaks(scores, min_distance=4)
+    assert len(xy) > 10
+    assert np.all(np.diff(s) <= 0)
+    # The score is the map at the maximum's pixel (the position itself is refined).
+    rows, cols = np.rint(xy[:, 1]).astype(int), np.rint(xy[:, 0]).astype(int)
+    np.testing.assert_allclose(s, scores.numpy()[rows, cols])
+
+
+@pytest.mark.parametrize("min_distance", [3.0, 6.5, 10.0])
+def test_no_two_picks_closer_than_min_distance(min_distance):
+    # Noise has maxima everywhere: the square max-pool window alone would let diagonal
+    # neighbours through; the circular suppression must remove them.
+    rng = np.random.default_rng(1)
+    scores = torch.from_numpy(rng.random((120, 100)).astype(np.float32))
+    xy, _ = find_peaks(scores, min_distance=min_distance)
+    assert len(xy) > 5
+    assert _min_pairwise(xy) >= min_distance - 1e-9
+
+
+def test_a_weaker_blob_within_min_distance_is_suppressed_a_farther_one_kept():
+    scores = _blobs((60, 60), [(20, 30), (26, 30), (45, 30)], sigma=1.0, heights=[1.0, 0.9, 0.8])
+    xy, _ = find_peaks(scores, min_distance=8)
+    # The weaker neighbour leans the stronger pick towards itself by a hair; nothing more.
+    np.testing.assert_allclose(xy, [[20.0, 30.0], [45.0, 30.0]], atol=0.05)
+
+
+def test_saturated_disk_gives_one_pick_at_its_centre():
+    # A confident network outputs p = 1.0 over a whole disk; the picking pipeline
+    # (score_map smoothing, then peaks) must report it once, at the centre.
+    radius = 8.0
+    h, w = 64, 64
+    yy, xx = np.mgrid[0:h, 0:w]
+    prob = torch.from_numpy(((xx - 30) ** 2 + (yy - 33) ** 2 <= radius**2).astype(np.float32))
+    xy, s = find_peaks(score_map(prob, radius), min_distance=radius)
+    assert len(xy) == 1
+    np.testing.assert_allclose(xy[0], [30.0, 33.0], atol=0.01)
+    assert s[0] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_flat_plateau_of_ones_gives_one_pick():
+    # Without smoothing every plateau pixel ties in the max-pool; the suppression keeps one.
+    scores = torch.zeros(40, 40)
+    scores[10:14, 20:24] = 1.0
+    xy, s = find_peaks(scores, min_distance=6)
+    assert len(xy) == 1
+    assert 20 <= xy[0, 0] <= 23 and 10 <= xy[0, 1] <= 13
+    assert s.tolist() == [1.0]
+
+
+def test_edge_margin_drops_picks_closer_than_the_margin_and_keeps_those_at_it():
+    h, w, m = 50, 70, 6
+    inside = [(m, 25), (w - 1 - m, 25), (35, m), (35, h - 1 - m)]  # exactly m from an edge
+    outside = [(m - 1, 10), (w - m, 40), (20, m - 1), (50, h - m)]  # m - 1 from an edge
+    scores = _blobs((h, w), inside + outside, sigma=1.0)
+    xy, _ = find_peaks(scores, min_distance=3, edge_margin=m)
+    order = np.lexsort((xy[:, 1], xy[:, 0]))
+    np.testing.assert_allclose(xy[order], np.array(sorted(inside), dtype=float), atol=1e-3)
+    # The margin applies to the maximum's pixel; sub-pixel refinement may then move a pick by
+    # up to half a pixel (pick_image re-checks the margin in original pixels).
+    assert np.all((xy[:, 0] >= m - 0.5) & (xy[:, 0] <= w - 1 - m + 0.5))
+    assert np.all((xy[:, 1] >= m - 0.5) & (xy[:, 1] <= h - 1 - m + 0.5))
+    # Without a margin all eight are found (the margin, not the blob shape, removed them).
+    assert len(find_peaks(scores, min_distance=3)[0]) == 8
+
+
+def test_threshold_is_inclusive_and_respected():
+    heights = [0.9, 0.5, 0.3, 0.1]
+    scores = _blobs((40, 100), [(10, 20), (35, 20), (60, 20), (85, 20)], sigma=1.0,
+                    heights=heights)
+    xy, s = find_peaks(scores, min_distance=5, threshold=0.3)
+    np.testing.assert_allclose(xy[:, 0], [10.0, 35.0, 60.0], atol=1e-3)
+    assert np.all(s >= 0.3)
+    # A score exactly at the threshold is kept (score >= threshold, as everywhere in selfpick).
+    t = float(scores[20, 60])
+    kept = find_peaks(scores, min_distance=5, threshold=t)[0][:, 0]
+    assert np.isclose(kept, 60.0, atol=1e-3).any()
+
+
+def test_empty_and_zero_maps_give_no_picks():
+    xy, s = find_peaks(torch.zeros(30, 30), min_distance=4)
+    assert xy.shape == (0, 2) and s.shape == (0,)
+    xy, s = find_peaks(_blobs((30, 30), [(15, 15)]), min_distance=4, threshold=1.5)
+    assert xy.shape == (0, 2) and s.shape == (0,)
+
+
+def test_max_peaks_keeps_the_best():
+    scores = _blobs((40, 100), [(10, 20), (35, 20), (60, 20)], sigma=1.0, heights=[0.2, 0.9, 0.5])
+    xy, s = find_peaks(scores, min_distance=5, max_peaks=2)
+    np.testing.assert_allclose(xy[:, 0], [35.0, 60.0], atol=1e-3)

@@ -1,0 +1,285 @@
+"""Picking end to end through the library: accuracy, every output format, thresholds, flips,
+edge margins and shards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import starfile
+
+from selfpick.errors import SelfpickError
+from selfpick.evaluation.metrics import particle_metrics
+from selfpick.io import coords as coordio
+from selfpick.io.micrographs import micrograph_name
+from selfpick.model.modelfile import load_model
+from selfpick.picking.pick import (
+    KEEP_ALL_FLOOR,
+    PickOptions,
+    parse_shard,
+    pick,
+    pick_micrograph,
+    select_shard,
+    shard_from_environment,
+)
+
+# Largest change of x or of y a format may make when read back: integer corners (.box) and
+# whole pixels (CryoPPP) round to 0.5 px; Topaz keeps 2 decimals; the rest keep 6.
+TOLERANCE = {"box": 0.5 + 1e-6, "cryoppp": 0.5 + 1e-6, "topaz": 0.005 + 1e-6}
+SCORED = {"star", "cbox", "topaz", "csv", "json"}
+
+
+@pytest.fixture(scope="module")
+def model_path(tiny_experiment) -> Path:
+    return tiny_experiment.output_dir / "best_model.pt"
+
+
+@pytest.fixture(scope="module")
+def saved(model_path):
+    return load_model(model_path)
+
+
+@pytest.fixture(scope="module")
+def reference(saved, tiny_data) -> dict[str, pd.DataFrame]:
+    """``pick_micrograph`` of every tiny micrograph: what every output must reproduce."""
+    return {micrograph_name(p): pick_micrograph(saved, p) for p in tiny_data.micrographs}
+
+
+def _opts(**kw) -> PickOptions:
+    kw.setdefault("device", "cpu")
+    kw.setdefault("workers", 0)  # in-process: 2 shared cores, and faster for 4 tiny images
+    return PickOptions(**kw)
+
+
+def _assert_same_centres(got: pd.DataFrame, want: pd.DataFrame, tol: float, scores: bool,
+                         label: str) -> None:
+    """Same number of picks, each expected centre matched one-to-one within ``tol`` in x and y."""
+    assert len(got) == len(want), f"{label}: {len(got)} picks read back, {len(want)} picked"
+    if len(want) == 0:
+        return
+    g = got[["x", "y"]].to_numpy()
+    w = want[["x", "y"]].to_numpy()
+    d = np.abs(w[:, None, :] - g[None, :, :]).max(-1)  # larger of |dx| and |dy|
+    nearest = d.argmin(axis=1)
+    assert len(set(nearest.tolist())) == len(w), f"{label}: picks do not pair one-to-one"
+    worst = d[np.arange(len(w)), nearest].max()
+    assert worst <= tol, f"{label}: a centre moved by {worst:.4f} px (allowed {tol})"
+    if scores:
+        np.testing.assert_allclose(got["score"].to_numpy()[nearest], want["score"].to_numpy(),
+                                   rtol=1e-4, atol=1e-6, err_msg=label)
+
+
+# ------------------------------------------------------------------------------ accuracy
+
+
+@pytest.fixture(scope="module")
+def trained_picker(tiny_data, tmp_path_factory) -> Path:
+    """A tiny model trained long enough to be accurate (~5 s on one core).
+
+    The shared ``tiny_experiment`` is trained for 2 epochs only, to test plumbing: its
+    precision on these micrographs is about 0.7, which says nothing about the picker. Six
+    epochs of 32 crops give a model whose picks can be held to a real standard.
+    """
+    from conftest import tiny_config
+
+    from selfpick.training.experiment import run_training
+
+    out = tmp_path_factory.mktemp("picker") / "exp"
+    run_training(tiny_config(tiny_data.output_dir, out, initial_epochs=6, crops_per_epoch=32,
+                             self_training_iterations=0), progress=False)
+    return out / "best_model.pt"
+
+
+@pytest.mark.slow
+def test_trained_model_recovers_the_simulated_particles(trained_picker, tiny_data):
+    saved = load_model(trained_picker)
+    items = []
+    for path in tiny_data.micrographs:
+        picks = pick_micrograph(saved, path)
+        name = micrograph_name(path)
+        items.append((name, picks[["x", "y"]].to_numpy(), picks["score"].to_numpy(),
+                      tiny_data.truth[name]))
+    # A quarter of the particle diameter: a pick must sit on the particle, not next to it.
+    m = particle_metrics(items, radius=saved.particle_diameter / 4, threshold=saved.threshold)
+    assert m["recall"] > 0.85, m
+    assert m["precision"] > 0.85, m
+
+
+def test_tiny_model_puts_a_candidate_on_nearly_every_particle(saved, tiny_data):
+    # Even the barely trained shared model has a local maximum on almost every particle
+    # (ranking, not localisation, is what 2 epochs lack). All candidates (threshold 0) within
+    # a quarter diameter: checks the whole chain of coordinate mappings (downsampling, model
+    # grid, sub-pixel peaks, back to original pixels) independently of the model's quality.
+    items = []
+    for path in tiny_data.micrographs:
+        picks = pick_micrograph(saved, path, threshold=0.0)
+        name = micrograph_name(path)
+        items.append((name, picks[["x", "y"]].to_numpy(), picks["score"].to_numpy(),
+                      tiny_data.truth[name]))
+    m = particle_metrics(items, radius=saved.particle_diameter / 4, threshold=None)
+    assert m["recall"] > 0.95, m
+
+
+# ------------------------------------------------------------------------------ formats
+
+
+@pytest.mark.parametrize("fmt", coordio.FORMATS)
+def test_every_output_format_reads_back_to_the_picked_centres(fmt, model_path, tiny_data,
+                                                              reference, tmp_path):
+    out = tmp_path / fmt
+    summary = pick(model_path, tiny_data.micrographs, out, _opts(fmt=fmt), progress=False)
+    assert summary.n_micrographs == len(tiny_data.micrographs)
+    assert summary.n_picks == sum(len(t) for t in reference.values())
+    ext = coordio.FORMAT_EXTENSIONS[fmt]
+    tol = TOLERANCE.get(fmt, 1e-3)
+    if fmt in ("box", "cbox", "cryoppp"):
+        tables = {name: coordio.read_coordinates(out / f"{name}{ext}", fmt, allow_empty=True)
+                  for name in reference}
+    else:
+        # star: through RELION's index (autopick.star -> <name>_autopick.star files);
+        # csv/topaz/json: the one combined file.
+        source = out / ("autopick.star" if fmt == "star" else f"picks{ext}")
+        table = coordio.read_coordinates(source, fmt, allow_empty=True)
+        matched, report = coordio.match_coordinates(table, list(reference))
+        assert not report.unmatched_coord_names
+        tables = {name: matched.get(name, coordio.empty_picks()) for name in reference}
+    for name, want in reference.items():
+        _assert_same_centres(tables[name], want, tol, fmt in SCORED, f"{fmt}/{name}")
+
+
+def test_star_output_is_relion_autopick_layout(model_path, tiny_data, reference, tmp_path):
+    # Read with starfile directly, not through selfpick's reader: what RELION would see.
+    out = tmp_path / "star"
+    pick(model_path, tiny_data.micrographs, out, _opts(fmt="star"), progress=False)
+    index = starfile.read(out / "autopick.star", always_dict=True,
+                          parse_as_string=["rlnMicrographName", "rlnMicrographCoordinates"])
+    assert list(index) == ["coordinate_files"]
+    rows = index["coordinate_files"]
+    assert [Path(p).name for p in rows["rlnMicrographName"]] == \
+        [p.name for p in sorted(tiny_data.micrographs)]
+    for name, want in reference.items():
+        per_mic = out / f"{name}_autopick.star"
+        assert str(per_mic) in rows["rlnMicrographCoordinates"].tolist()
+        df = starfile.read(per_mic, always_dict=True)[""]
+        assert {"rlnCoordinateX", "rlnCoordinateY", "rlnAutopickFigureOfMerit"} <= set(df)
+        np.testing.assert_allclose(df["rlnCoordinateX"], want["x"], atol=1e-5)
+        np.testing.assert_allclose(df["rlnCoordinateY"], want["y"], atol=1e-5)
+        np.testing.assert_allclose(df["rlnAutopickFigureOfMerit"], want["score"], atol=1e-5)
+
+
+def test_single_file_star_names_each_micrograph(model_path, tiny_data, reference, tmp_path):
+    out = tmp_path / "single"
+    pick(model_path, tiny_data.micrographs, out, _opts(fmt="star", single_file=True),
+         progress=False)
+    table = coordio.read_coordinates(out / "picks.star", "star")
+    assert set(table["micrograph"]) == {n for n, t in reference.items() if len(t)}
+    for name, want in reference.items():
+        _assert_same_centres(table[table["micrograph"] == name], want, 1e-3, True, name)
+
+
+# ------------------------------------------------------------------------------ options
+
+
+def test_threshold_zero_keeps_more_picks_all_scored(model_path, tiny_data, reference, tmp_path,
+                                                    saved):
+    out = tmp_path / "all"
+    pick(model_path, tiny_data.micrographs, out, _opts(fmt="csv", threshold=0.0), progress=False)
+    table = coordio.read_coordinates(out / "picks.csv", "csv")
+    n_default = sum(len(t) for t in reference.values())
+    assert len(table) > n_default
+    scores = table["score"].to_numpy()
+    assert np.isfinite(scores).all() and (scores >= KEEP_ALL_FLOOR - 1e-9).all()
+    # The default picks are exactly the candidates at or above the model's threshold.
+    for name, want in reference.items():
+        mine = table[(table["micrograph"] == name) & (table["score"] >= saved.threshold)]
+        _assert_same_centres(mine, want, 1e-3, True, name)
+
+
+def test_explicit_threshold_is_respected(model_path, tiny_data, reference, tmp_path):
+    all_scores = np.concatenate([t["score"].to_numpy() for t in reference.values()])
+    t = float(np.median(all_scores))
+    out = tmp_path / "thr"
+    summary = pick(model_path, tiny_data.micrographs, out, _opts(fmt="csv", threshold=t),
+                   progress=False)
+    table = coordio.read_coordinates(out / "picks.csv", "csv")
+    assert (table["score"] >= t - 1e-6).all()
+    assert summary.n_picks == int((all_scores >= t).sum())
+
+
+def test_flip_y_writes_height_minus_one_minus_y(model_path, tiny_data, reference, tmp_path):
+    from selfpick.io.micrographs import read_micrograph
+
+    out = tmp_path / "flip"
+    pick(model_path, tiny_data.micrographs, out, _opts(fmt="csv", flip_y=True), progress=False)
+    table = coordio.read_coordinates(out / "picks.csv", "csv")
+    for path in tiny_data.micrographs:
+        name = micrograph_name(path)
+        height = read_micrograph(path)[0].shape[0]
+        want = reference[name].copy()
+        want["y"] = height - 1 - want["y"]
+        _assert_same_centres(table[table["micrograph"] == name], want, 1e-3, True, name)
+
+
+def test_edge_margin_is_respected_in_original_pixels(model_path, tiny_data, tmp_path):
+    margin = 30.0
+    out = tmp_path / "edge"
+    pick(model_path, tiny_data.micrographs, out,
+         _opts(fmt="csv", threshold=0.0, edge_margin=margin), progress=False)
+    table = coordio.read_coordinates(out / "picks.csv", "csv")
+    assert len(table) > 0
+    n = 256  # tiny micrographs are 256 x 256
+    assert (table["x"] >= margin).all() and (table["x"] <= n - 1 - margin).all()
+    assert (table["y"] >= margin).all() and (table["y"] <= n - 1 - margin).all()
+
+
+def test_min_distance_is_respected_in_original_pixels(model_path, tiny_data, tmp_path, saved):
+    out = tmp_path / "md"
+    pick(model_path, tiny_data.micrographs, out, _opts(fmt="csv", threshold=0.0, min_distance=0.8),
+         progress=False)
+    table = coordio.read_coordinates(out / "picks.csv", "csv")
+    limit = 0.8 * saved.particle_diameter
+    for _, g in table.groupby("micrograph"):
+        xy = g[["x", "y"]].to_numpy()
+        d = np.sqrt(((xy[:, None] - xy[None]) ** 2).sum(-1)) + np.eye(len(xy)) * 1e9
+        # The distance holds on the model grid; mapping back multiplies by the (exact,
+        # isotropic) downsampling factor, so it holds in original pixels too.
+        assert d.min() >= limit - 1e-6
+
+
+# ------------------------------------------------------------------------------ shards
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 8])
+def test_shards_cover_every_micrograph_exactly_once(n):
+    paths = [Path(f"/data/Movies/mic_{i:03d}.mrc") for i in (7, 1, 4, 0, 6, 2, 5)]
+    shares = [select_shard(paths, (i, n)) for i in range(n)]
+    flat = [p for share in shares for p in share]
+    assert sorted(flat) == sorted(paths)  # every one, none twice
+    assert len(flat) == len(set(flat))
+    assert max(map(len, shares)) - min(map(len, shares)) <= 1  # balanced
+    assert select_shard(paths, None) == paths
+
+
+def test_shard_order_does_not_depend_on_the_input_order():
+    # Each machine lists the files itself; the split must agree whatever order they come in.
+    paths = [Path(f"mic_{i}.mrc") for i in range(6)]
+    assert select_shard(paths, (1, 3)) == select_shard(list(reversed(paths)), (1, 3))
+
+
+@pytest.mark.parametrize("text", ["2/2", "3/2", "-1/2", "0/0", "a/b", "1", "1/2/3"])
+def test_bad_shard_specifications_are_refused(text):
+    with pytest.raises(SelfpickError, match="--shard"):
+        parse_shard(text)
+
+
+def test_shard_parsing_and_torchrun_environment(monkeypatch):
+    assert parse_shard("0/4") == (0, 4)
+    assert parse_shard(" 3 / 4 ") == (3, 4)
+    assert parse_shard(None) is None and parse_shard("") is None
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "2")
+    assert shard_from_environment() == (2, 4)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert shard_from_environment() is None

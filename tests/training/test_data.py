@@ -1,0 +1,180 @@
+"""Training data: the seeded validation split, loading a training set, and random crops."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_config
+from selfpick.errors import InputError
+from selfpick.targets import IGNORE
+from selfpick.training.data import CropDataset, load_training_set, split_micrographs
+
+NAMES = [f"mic_{i:03d}" for i in range(40)]
+
+
+# ---------------------------------------------------------------- split
+
+
+def test_split_is_deterministic_for_a_seed_and_changes_with_it():
+    a = split_micrographs(NAMES, 0.1, seed=3)
+    assert split_micrographs(list(reversed(NAMES)), 0.1, seed=3) == a  # input order irrelevant
+    assert split_micrographs(NAMES, 0.1, seed=3) == a
+    others = {tuple(split_micrographs(NAMES, 0.1, seed=s)[1]) for s in range(4, 10)}
+    assert any(o != tuple(a[1]) for o in others)
+
+
+@pytest.mark.parametrize("n,fraction,n_val", [(40, 0.1, 4), (10, 0.1, 1), (3, 0.1, 1),
+                                              (2, 0.5, 1), (5, 0.9, 4), (20, 0.25, 5)])
+def test_split_sizes_and_disjointness(n, fraction, n_val):
+    names = NAMES[:n]
+    train, val = split_micrographs(names, fraction, seed=0)
+    assert len(val) == n_val
+    assert not set(train) & set(val)
+    assert sorted(train + val) == sorted(names)
+    assert train == sorted(train) and val == sorted(val)
+    assert train  # never everything in validation
+
+
+def test_split_with_one_micrograph_or_no_validation():
+    assert split_micrographs(["only"], 0.5, seed=0) == (["only"], [])
+    assert split_micrographs(NAMES[:5], 0.0, seed=0) == (sorted(NAMES[:5]), [])
+
+
+# ---------------------------------------------------------------- load_training_set
+
+
+def test_load_training_set_splits_and_targets(tiny_data, tmp_path):
+    cfg = tiny_config(tiny_data.output_dir, tmp_path / "exp")
+    ts = load_training_set(cfg, cache_dir=tmp_path / "cache", progress=False)
+    names = ts.split_names()
+    assert len(names["val"]) == 1 and len(names["train"]) == 3 and names["unlabeled"] == []
+    assert (names["train"], names["val"]) == split_micrographs(
+        list(tiny_data.labels), cfg.train.val_fraction, cfg.train.seed)
+    assert ts.downsample == 2.0 and ts.particle_diameter == 24.0
+    for m in ts.micrographs:
+        assert m.image.shape == (128, 128) and m.gt_target.shape == m.image.shape
+        assert m.labelled
+        np.testing.assert_allclose(m.truth, tiny_data.labels[m.name])
+        assert np.count_nonzero(m.gt_target == 1) > 0
+
+
+def test_micrographs_without_coordinates_and_the_unlabeled_dir_are_unlabelled(tiny_data,
+                                                                              tmp_path):
+    # Coordinates for 3 of the 4 micrographs; plus a separate --unlabeled-dir of 1.
+    coords = json.loads((tiny_data.output_dir / "labels" / "coordinates.json").read_text())
+    dropped = sorted(coords)[-1]
+    del coords[dropped]
+    cfile = tmp_path / "coords.json"
+    cfile.write_text(json.dumps(coords))
+    unl = tmp_path / "unlabeled"
+    unl.mkdir()
+    shutil.copy(tiny_data.micrographs[0], unl / "extra_000.mrc")
+    cfg = tiny_config(tiny_data.output_dir, tmp_path / "exp", coords_file=str(cfile),
+                      unlabeled_dir=str(unl), val_fraction=0.34)
+    ts = load_training_set(cfg, cache_dir=None, progress=False)
+    names = ts.split_names()
+    assert sorted(names["unlabeled"]) == sorted([dropped, "extra_000"])
+    assert len(names["val"]) == 1 and len(names["train"]) == 2
+    for m in ts.subset("unlabeled"):
+        assert not m.labelled and m.truth is None
+        assert np.all(m.gt_target == IGNORE)  # nobody said these are empty
+
+
+def test_a_name_in_both_image_dir_and_unlabeled_dir_is_refused(tiny_data, tmp_path):
+    unl = tmp_path / "unlabeled"
+    unl.mkdir()
+    shutil.copy(tiny_data.micrographs[0], unl / tiny_data.micrographs[0].name)
+    cfg = tiny_config(tiny_data.output_dir, tmp_path / "exp", unlabeled_dir=str(unl))
+    with pytest.raises(InputError, match="both"):
+        load_training_set(cfg, progress=False)
+
+
+def test_the_cache_gives_the_same_images(tiny_data, tmp_path):
+    cfg = tiny_config(tiny_data.output_dir, tmp_path / "exp")
+    first = load_training_set(cfg, cache_dir=tmp_path / "cache", progress=False)
+    n_files = len(list((tmp_path / "cache").iterdir()))
+    again = load_training_set(cfg, cache_dir=tmp_path / "cache", progress=False)
+    assert len(list((tmp_path / "cache").iterdir())) == n_files  # read, not rebuilt
+    for a, b in zip(first.micrographs, again.micrographs):
+        np.testing.assert_array_equal(np.asarray(a.image), np.asarray(b.image))
+
+
+def test_missing_image_dir_or_coords_file(tiny_data, tmp_path):
+    cfg = tiny_config(tiny_data.output_dir, tmp_path / "exp", image_dir=None)
+    with pytest.raises(InputError, match="--image-dir"):
+        load_training_set(cfg, progress=False)
+    cfg = tiny_config(tiny_data.output_dir, tmp_path / "exp", coords_file=None)
+    with pytest.raises(InputError, match="--coords-file"):
+        load_training_set(cfg, progress=False)
+
+
+# ---------------------------------------------------------------- CropDataset
+
+
+def _images(seed=0):
+    rng = np.random.default_rng(seed)
+    imgs = [rng.normal(size=(40, 50)).astype(np.float32), rng.normal(size=(64, 64)).astype(
+        np.float32)]
+    tgts = [rng.integers(-1, 2, size=im.shape).astype(np.int8) for im in imgs]
+    return imgs, tgts
+
+
+def test_crops_are_reproducible_per_seed_epoch_and_index():
+    imgs, tgts = _images()
+    a = CropDataset(imgs, tgts, crop=16, length=8, seed=5)
+    b = CropDataset(imgs, tgts, crop=16, length=8, seed=5)
+    b.set_epoch(3)
+    a.set_epoch(3)
+    for i in (0, 7, 3):  # any order: item i of epoch e does not depend on what came before
+        for x, y in zip(a[i], b[i]):
+            torch.testing.assert_close(x, y, rtol=0, atol=0)
+    b.set_epoch(4)
+    assert not torch.equal(a[0][0], b[0][0])
+    c = CropDataset(imgs, tgts, crop=16, length=8, seed=6)
+    c.set_epoch(3)
+    assert not torch.equal(a[0][0], c[0][0])
+
+
+def test_crop_shapes_dtypes_and_values():
+    imgs, tgts = _images()
+    ds = CropDataset(imgs, tgts, crop=16, length=5, seed=0)
+    assert len(ds) == 5
+    x, t = ds[2]
+    assert x.shape == t.shape == (1, 16, 16)
+    assert x.dtype == t.dtype == torch.float32
+    assert set(torch.unique(t).tolist()) <= {-1.0, 0.0, 1.0}
+
+
+def test_augmentation_keeps_image_and_target_aligned():
+    # An image that *is* its target (x10): whatever rotation/flip/jitter, bright pixels must
+    # be exactly the positive target pixels.
+    rng = np.random.default_rng(1)
+    tgt = (rng.random((48, 48)) < 0.2).astype(np.int8)
+    tgt[rng.random((48, 48)) < 0.1] = IGNORE
+    img = np.where(tgt == 1, 10.0, 0.0).astype(np.float32)
+    ds = CropDataset([img], [tgt], crop=24, length=32, seed=2, augment=True)
+    for e in range(2):
+        ds.set_epoch(e)
+        for i in range(len(ds)):
+            x, t = ds[i]
+            np.testing.assert_array_equal((x > 5).numpy(), (t == 1).numpy())
+
+
+def test_crop_larger_than_the_image_is_padded_with_ignore():
+    img = np.ones((10, 12), dtype=np.float32)
+    tgt = np.zeros((10, 12), dtype=np.int8)
+    ds = CropDataset([img], [tgt], crop=16, length=1, seed=0, augment=False)
+    x, t = ds[0]
+    assert (t[0, :10, :12] == 0).all() and (t[0, 10:, :] == IGNORE).all()
+    assert (t[0, :, 12:] == IGNORE).all() and (x[0, 10:, :] == 0).all()
+
+
+def test_crop_dataset_needs_an_image():
+    with pytest.raises(ValueError):
+        CropDataset([], [], crop=16, length=1, seed=0)
+

@@ -1,0 +1,349 @@
+"""run_training end to end on tiny data: the experiment folder, split isolation, refusing to
+overwrite, failing figures, reproducibility."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import selfpick.training.experiment as experiment
+import selfpick.training.validate as validate_module
+from conftest import tiny_config, tiny_simulation
+from selfpick.cli import main as cli_main
+from selfpick.errors import OutputError
+from selfpick.model.modelfile import load_model
+from selfpick.training.data import CropDataset
+from selfpick.training.experiment import run_training
+
+STAGES = ["iteration_0_supervised", "iteration_1_selftrain"]
+
+
+@pytest.fixture(autouse=True)
+def _console_log_follows_capsys():
+    """cli.setup_logging binds its console handler to the sys.stderr of the first call; capsys
+    swaps sys.stderr per test, so drop that handler around each test of this module."""
+
+    def drop():
+        logger = logging.getLogger("selfpick")
+        for h in [h for h in logger.handlers if getattr(h, "_selfpick_console", False)]:
+            logger.removeHandler(h)
+
+    drop()
+    yield
+    drop()
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[str, int]]:
+    """Every file under ``folder``: content hash and modification time."""
+    return {str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest(),
+                                         p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _numbers(obj):
+    """metrics.json without wall-clock timings (the only thing allowed to differ)."""
+    if isinstance(obj, dict):
+        return {k: _numbers(v) for k, v in obj.items() if k not in ("seconds",)}
+    if isinstance(obj, list):
+        return [_numbers(v) for v in obj]
+    return obj
+
+
+def _read(path: Path):
+    return json.loads(path.read_text())
+
+
+# ---------------------------------------------------------------- the folder
+
+
+def test_experiment_folder_layout(tiny_experiment, tiny_data):
+    out = tiny_experiment.output_dir
+    for name in ("config.json", "training.log", "metrics.json", "best_model.pt",
+                 "final_model.pt"):
+        assert (out / name).is_file(), name
+    for stage in STAGES:
+        for name in ("model.pt", "metrics.json", "visualization.png"):
+            assert (out / stage / name).is_file(), f"{stage}/{name}"
+        assert (out / stage / "visualization.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert not (out / stage / "checkpoint.pt").exists()  # removed once the stage is done
+    assert not (out / "iteration_2_selftrain").exists()
+    assert not list(out.rglob("*.tmp"))  # atomic writes left nothing behind
+
+    cfg = _read(out / "config.json")
+    assert cfg["seed"] == 0 == cfg["config"]["train"]["seed"]
+    assert cfg["command_line"][:2] == ["selfpick", "train"]
+    assert {"selfpick", "python", "torch", "numpy"} <= set(cfg["versions"])
+    split = cfg["split"]
+    assert sorted(split["train"] + split["val"]) == sorted(tiny_data.labels)
+    assert len(split["val"]) == 1 and split["unlabeled"] == []
+    assert cfg["config"]["model"] == {"depth": 2, "width": 8, "norm": "batch"}
+
+    log = (out / "training.log").read_text()
+    assert "iteration_0_supervised epoch 2/2" in log
+    assert "iteration_1_selftrain epoch 1/1" in log
+    assert "pseudo-particles added" in log and "best stage:" in log
+
+
+def test_metrics_json_one_entry_per_stage_with_level_split_threshold(tiny_experiment):
+    out = tiny_experiment.output_dir
+    root = _read(out / "metrics.json")
+    assert [s["stage"] for s in root["stages"]] == STAGES
+    val_names = _read(out / "config.json")["split"]["val"]
+    for entry in root["stages"]:
+        assert entry == _read(out / entry["stage"] / "metrics.json")
+        v = entry["validation"]
+        assert v["split"] == "val" and v["n_micrographs"] == len(val_names)
+        for level in ("particle", "pixel"):
+            m = v[level]
+            assert m["level"] == level and m["split"] == "val"
+            assert 0.0 <= m["threshold"] <= 1.0
+            assert 0.0 <= m["f1"] <= 1.0
+        p = v["particle"]
+        assert p["tp"] + p["fn"] == p["n_true"] and p["tp"] + p["fp"] == p["n_pred"]
+        assert entry["threshold"] == p["threshold"]
+        assert [m["name"] for m in p["per_micrograph"]] == val_names
+    assert root["stages"][0]["pseudo_labels"] is None
+    pl = root["stages"][1]["pseudo_labels"]
+    assert (pl["positive_threshold"], pl["negative_threshold"]) == (0.95, 0.05)
+    assert pl["share_positive"] + pl["share_negative"] + pl["share_ignore"] == pytest.approx(1)
+
+
+def test_best_model_is_the_best_stage_and_final_model_the_last(tiny_experiment):
+    out = tiny_experiment.output_dir
+    root = _read(out / "metrics.json")
+    # Ranked by validation particle F1 -- the completeness-corrected one when validation found
+    # the labels clearly incomplete (then the plain F1 counts real unlabelled particles as
+    # errors), which equals the plain F1 on these completely labelled data.
+    f1 = {}
+    for s in root["stages"]:
+        p = s["validation"]["particle"]
+        f1[s["stage"]] = p["corrected"]["f1"] if "corrected" in p else p["f1"]
+    best = root["best_stage"]
+    assert f1[best] == max(f1.values())
+    assert tiny_experiment.best_stage == best
+    assert root["final_stage"] == STAGES[-1]
+    assert (out / "best_model.pt").read_bytes() == (out / best / "model.pt").read_bytes()
+    assert (out / "final_model.pt").read_bytes() == (out / STAGES[-1] / "model.pt").read_bytes()
+    model = load_model(out / "best_model.pt")
+    assert model.stage == best
+    assert model.threshold == pytest.approx(root["stages"][STAGES.index(best)]["threshold"])
+    assert model.particle_diameter == 24.0 and model.downsample == 2.0
+
+
+# ---------------------------------------------------------------- split isolation
+
+
+def test_validation_micrographs_never_reach_training_or_pseudo_labels(tiny_data, tmp_path,
+                                                                      monkeypatch):
+    # A second tiny set, renamed, as --unlabeled-dir.
+    sim = tiny_simulation(tmp_path / "unl_sim", n=2, seed=7)
+    unl = tmp_path / "unlabeled"
+    unl.mkdir()
+    for i, p in enumerate(sim.micrographs):
+        shutil.copy(p, unl / f"unl_{i:03d}.mrc")
+
+    # Spies: the training set as loaded, every CropDataset's images, every prediction pass.
+    captured = {}
+    real_load = experiment.load_training_set
+
+    def load_spy(*args, **kwargs):
+        captured["ts"] = real_load(*args, **kwargs)
+        return captured["ts"]
+
+    datasets = []
+    real_init = CropDataset.__init__
+
+    def init_spy(self, images, targets, *args, **kwargs):
+        datasets.append((list(images), list(targets)))
+        real_init(self, images, targets, *args, **kwargs)
+
+    predictions = []
+    real_predict = validate_module.predict_micrographs
+
+    def predict_spy(model, micrographs, *args, **kwargs):
+        predictions.append((kwargs.get("desc", ""), [m.name for m in micrographs]))
+        return real_predict(model, micrographs, *args, **kwargs)
+
+    monkeypatch.setattr(experiment, "load_training_set", load_spy)
+    monkeypatch.setattr(CropDataset, "__init__", init_spy)
+    # Pseudo-labelling and figures predict through experiment's name, validation through
+    # validate's.
+    monkeypatch.setattr(experiment, "predict_micrographs", predict_spy)
+    monkeypatch.setattr(validate_module, "predict_micrographs", predict_spy)
+
+    out = tmp_path / "exp"
+    cfg = tiny_config(tiny_data.output_dir, out, unlabeled_dir=str(unl),
+                      self_training_iterations=1, initial_epochs=1, retrain_epochs=1)
+    run_training(cfg, progress=False, command_line=["--unlabeled-dir", str(unl)])
+
+    split = _read(out / "config.json")["split"]
+    train, val, unlabeled = set(split["train"]), set(split["val"]), set(split["unlabeled"])
+    assert val and train and unlabeled == {"unl_000", "unl_001"}
+    assert not train & val and not unlabeled & (train | val)
+    assert train | val == set(tiny_data.labels)
+
+    # Pseudo-labels: exactly the training and unlabelled micrographs.
+    pl_dir = out / "iteration_1_selftrain" / "pseudo_labels"
+    assert {p.stem for p in pl_dir.glob("*.npy")} == train | unlabeled
+
+    # Which micrograph is each array handed to CropDataset? Identity first, then content
+    # (robust to copies), and a validation image must match neither way.
+    ts = captured["ts"]
+    by_name = {m.name: m for m in ts.micrographs}
+    assert {m.name for m in ts.subset("val")} == val
+
+    def names_of(img) -> set[str]:
+        hits = {n for n, m in by_name.items() if img is m.image}
+        a = np.asarray(img)
+        return hits | {n for n, m in by_name.items()
+                       if m.image.shape == a.shape and np.array_equal(np.asarray(m.image), a)}
+
+    assert len(datasets) == 2  # one per stage
+    seen = []
+    for images, targets in datasets:
+        assert len(images) == len(targets)
+        names = [names_of(img) for img in images]
+        assert all(len(n) == 1 for n in names), names  # every image is one known micrograph
+        seen.append({next(iter(n)) for n in names})
+    assert seen[0] == train  # supervised: labelled training micrographs only
+    assert seen[1] == train | unlabeled  # self-training: plus the unlabelled ones
+    for s in seen:
+        assert not s & val
+
+    # Predictions made for pseudo-labels never include a validation micrograph; those made
+    # for validation are exactly the validation micrographs.
+    pseudo = [names for desc, names in predictions if desc.startswith("Pseudo")]
+    assert pseudo and all(set(n) == train | unlabeled for n in pseudo)
+    validating = [names for desc, names in predictions if desc.startswith("Validating")]
+    assert validating and all(set(n) == val for n in validating)
+    # Anything else predicted (the stage figures) is a training micrograph.
+    other = [names for desc, names in predictions
+             if not desc.startswith(("Pseudo", "Validating"))]
+    assert all(not set(n) & val for n in other)
+
+
+# ---------------------------------------------------------------- existing experiments
+
+
+def test_existing_experiment_is_refused_and_left_untouched(tiny_experiment, tiny_data, tmp_path,
+                                                           capsys):
+    exp = tmp_path / "exp"
+    shutil.copytree(tiny_experiment.output_dir, exp)
+    before = _snapshot(exp)
+    with pytest.raises(OutputError, match="--resume|--overwrite"):
+        run_training(tiny_config(tiny_data.output_dir, exp), progress=False)
+    assert _snapshot(exp) == before
+    rc = cli_main(["train", "--image-dir", str(tiny_data.output_dir / "micrographs"),
+                   "--coords-file", str(tiny_data.output_dir / "labels" / "coordinates.json"),
+                   "--output-dir", str(exp), "--initial-epochs", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "--resume" in err and "--overwrite" in err and str(exp) in err
+    assert _snapshot(exp) == before
+
+
+def test_overwrite_replaces_the_experiment_and_keeps_foreign_files(tiny_experiment, tiny_data,
+                                                                   tmp_path):
+    exp = tmp_path / "exp"
+    shutil.copytree(tiny_experiment.output_dir, exp)
+    (exp / "my_notes.txt").write_text("keep me")
+    old_config = (exp / "config.json").read_text()
+    cfg = tiny_config(tiny_data.output_dir, exp, self_training_iterations=0, initial_epochs=1,
+                      seed=3)
+    run_training(cfg, overwrite=True, progress=False)
+    assert (exp / "my_notes.txt").read_text() == "keep me"
+    assert not (exp / "iteration_1_selftrain").exists()  # the old stage is gone
+    assert [s["stage"] for s in _read(exp / "metrics.json")["stages"]] == STAGES[:1]
+    assert (exp / "config.json").read_text() != old_config
+    assert _read(exp / "config.json")["seed"] == 3
+    assert load_model(exp / "final_model.pt").stage == STAGES[0]
+
+
+def test_a_failing_figure_is_logged_and_the_stage_is_still_saved(tiny_data, tmp_path,
+                                                                 monkeypatch):
+    import selfpick.report.figures as figures
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the plotting backend exploded")
+
+    monkeypatch.setattr(figures, "stage_figure", broken)
+    out = tmp_path / "exp"
+    cfg = tiny_config(tiny_data.output_dir, out, self_training_iterations=0, initial_epochs=1)
+    result = run_training(cfg, progress=False)
+    stage = out / STAGES[0]
+    assert (stage / "model.pt").is_file() and (stage / "metrics.json").is_file()
+    assert not (stage / "visualization.png").exists()
+    assert load_model(stage / "model.pt").stage == STAGES[0]
+    assert (out / "best_model.pt").is_file() and (out / "final_model.pt").is_file()
+    assert result.best_stage == STAGES[0]
+    log = (out / "training.log").read_text()
+    assert "the plotting backend exploded" in log and "visualization.png" in log
+
+
+# ---------------------------------------------------------------- reproducibility
+
+
+@pytest.mark.slow
+def test_same_seed_same_metrics_and_another_seed_differs(tiny_data, tmp_path):
+    # The SPEC promises identical metrics for the same seed and data on CPU (GPU kernels need
+    # not be bitwise reproducible), so all three runs are pinned to the CPU.
+    def run(name, seed):
+        out = tmp_path / name
+        run_training(tiny_config(tiny_data.output_dir, out, seed=seed, device="cpu"),
+                     progress=False)
+        return out
+
+    a, b, other = run("a", 0), run("b", 0), run("seed1", 1)
+    assert _numbers(_read(a / "metrics.json")) == _numbers(_read(b / "metrics.json"))
+    assert _read(a / "config.json")["split"] == _read(b / "config.json")["split"]
+    wa = load_model(a / "final_model.pt").model.state_dict()
+    wb = load_model(b / "final_model.pt").model.state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+    different_split = _read(other / "config.json")["split"] != _read(a / "config.json")["split"]
+    different_numbers = _numbers(_read(other / "metrics.json")) != _numbers(
+        _read(a / "metrics.json"))
+    assert different_split or different_numbers
+    wc = load_model(other / "final_model.pt").model.state_dict()
+    assert not all(torch.equal(wc[k], wa[k]) for k in wc)  # other initialisation and crops
+
+
+# ---------------------------------------------------------------- other configurations
+
+
+def test_pixel_mode_self_training_runs(tiny_data, tmp_path):
+    # The original script's per-pixel pseudo-labels, with a constant schedule.
+    out = tmp_path / "exp"
+    cfg = tiny_config(tiny_data.output_dir, out, pseudo_label_mode="pixel", initial_epochs=1,
+                      threshold_schedule="constant", positive_threshold=0.6,
+                      negative_threshold=0.02)
+    run_training(cfg, progress=False)
+    entry = _read(out / "metrics.json")["stages"][1]
+    pl = entry["pseudo_labels"]
+    assert pl["mode"] == "pixel"
+    assert (pl["positive_threshold"], pl["negative_threshold"]) == (0.6, 0.02)
+    train = _read(out / "config.json")["split"]["train"]
+    maps = {p.stem: np.load(p) for p in (out / STAGES[1] / "pseudo_labels").glob("*.npy")}
+    assert sorted(maps) == sorted(train)
+    for m in maps.values():
+        assert m.dtype == np.int8 and set(np.unique(m)) <= {-1, 0, 1}
+        assert np.count_nonzero(m == 1) > 0  # ground-truth disks at least
+
+
+def test_a_single_labelled_micrograph_validates_on_it_and_says_so(tmp_path):
+    sim = tiny_simulation(tmp_path / "one", n=1, seed=4)
+    out = tmp_path / "exp"
+    cfg = tiny_config(sim.output_dir, out, initial_epochs=1)
+    run_training(cfg, progress=False)
+    split = _read(out / "config.json")["split"]
+    assert split["val"] == [] and split["train"] == list(sim.labels)
+    for entry in _read(out / "metrics.json")["stages"]:
+        assert entry["validation"]["split"] == "train"  # honest about what it measured
+    assert "validating on the training micrograph" in (out / "training.log").read_text()
