@@ -185,6 +185,24 @@ def test_score_for_precision():
     assert score_for_precision(scores, precision, 0.5) == 0.5
     assert score_for_precision(scores, np.array([0.5, 0.4, 0.3, 0.2, 0.1]), 0.95) is None
     assert score_for_precision(np.zeros(0), np.zeros(0), 0.9) is None
+    # The first drop below the target ends the range, even if precision recovers later:
+    # past that point the picks are no longer reliably particles.
+    assert score_for_precision(scores, np.array([1.0, 0.9, 1.0, 1.0, 1.0]), 0.95) == 0.9
+
+
+def test_local_precision_follows_the_picks_not_the_running_total():
+    from selfpick.training.validate import local_precision
+
+    # 100 true picks then 100 false ones: the cumulative precision at rank 150 is still 0.67,
+    # the local one is 0.
+    is_tp = np.r_[np.ones(100, bool), np.zeros(100, bool)]
+    lp = local_precision(is_tp, completeness=1.0)
+    assert lp[:80].min() == 1.0 and lp[120:].max() == 0.0
+    # With half the particles labelled, the labelled share among real particles is 0.5 and
+    # the corrected local precision is back to 1.
+    half = np.r_[np.tile([True, False], 100), np.zeros(100, bool)]
+    lp = local_precision(half, completeness=0.5)
+    assert lp[20:160].min() > 0.9 and lp[-20:].max() == 0.0
 
 
 def test_label_shares_and_stats_description():

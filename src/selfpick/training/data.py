@@ -1,6 +1,6 @@
 """Training data: micrographs read and preprocessed once, then random augmented crops.
 
-Preprocessed micrographs are cached as float16 ``.npy`` files (memory-mapped when read), keyed by
+Preprocessed micrographs are cached as float32 ``.npy`` files (memory-mapped when read), keyed by
 the source file and the preprocessing settings, so self-training iterations, ``--resume`` and
 DDP ranks never re-read or re-preprocess the originals, and thousands of micrographs do not
 have to fit in RAM.
@@ -38,7 +38,7 @@ class TrainingMicrograph:
 
     name: str
     path: Path
-    image: np.ndarray  # (h, w) model-scale, normalised; float16 memmap or float32
+    image: np.ndarray  # (h, w) model-scale, normalised; float32 (memory-mapped from the cache)
     scale: Scale  # original <-> model pixels
     original_shape: tuple[int, int]  # (ny, nx) original pixels
     truth: np.ndarray | None  # (N, 2) labelled centres in ORIGINAL pixels; None = unlabelled
@@ -138,7 +138,9 @@ def load_preprocessed(path: Path, factor: float, pcfg: PreprocessConfig,
         cache_dir.mkdir(parents=True, exist_ok=True)
         with atomic_path(npy) as tmp:
             with open(tmp, "wb") as fh:
-                np.save(fh, img.astype(np.float16))
+                # float32, exactly what picking computes: a threshold chosen on validation
+                # must apply unchanged to the pick-time images.
+                np.save(fh, img.astype(np.float32))
         atomic_write_json(meta, {"sx": scale.sx, "sy": scale.sy, "method": scale.method,
                                  "original_shape": list(shape)})
         img = np.load(npy, mmap_mode="r")

@@ -189,7 +189,7 @@ def _pseudo_labels(k: int, cfg: Config, ts: TrainingSet, model: torch.nn.Module,
     pos_score = None
     if st.pseudo_label_mode == "peaks":
         if st.calibrate_thresholds:
-            pos_score = score_for_precision(val.scores, val.precision, pos)
+            pos_score = score_for_precision(val.rank_scores, val.local_precision, pos)
             if pos_score is None:
                 log.warning("iteration %d: no score reaches %.0f%% validation precision; no "
                             "pseudo-particles are added this iteration", k, 100 * pos)

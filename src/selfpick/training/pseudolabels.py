@@ -88,17 +88,21 @@ def peak_pseudo_labels(prob: np.ndarray, peaks_xy: np.ndarray, peak_scores: np.n
     return merge_with_ground_truth(pl, gt_target, labelled)
 
 
-def score_for_precision(curve_scores: np.ndarray, curve_precision: np.ndarray,
+def score_for_precision(rank_scores: np.ndarray, local_precision: np.ndarray,
                         target: float) -> float | None:
-    """Lowest score at which the precision of all picks scoring at least that is >= ``target``.
+    """Lowest score down to which picks are real particles with probability >= ``target``.
 
-    ``curve_scores`` descending with ``curve_precision[i]`` the precision of the top ``i + 1``
-    picks. Returns ``None`` when no score reaches the target.
+    ``rank_scores`` descending, ``local_precision[i]`` the estimated share of real particles
+    among the picks ranked around pick ``i`` (see
+    :func:`selfpick.training.validate.local_precision`). Scanning from the best pick, the
+    threshold is the score of the last pick before the local precision first falls below
+    ``target``. Returns ``None`` when even the best picks miss the target.
     """
-    ok = np.flatnonzero(np.asarray(curve_precision) >= target)
-    if len(ok) == 0:
+    below = np.flatnonzero(np.asarray(local_precision) < target)
+    if len(rank_scores) == 0 or (len(below) and below[0] == 0):
         return None
-    return float(curve_scores[ok[-1]])
+    end = below[0] if len(below) else len(rank_scores)
+    return float(rank_scores[end - 1])
 
 
 @dataclass

@@ -90,8 +90,28 @@ class ValidationResult:
     threshold: float  # the picking threshold chosen on this split
     completeness: float  # estimated fraction of real particles that carry a label
     predictions: list[MicrographPrediction]
-    scores: np.ndarray  # (K,) descending: the pooled curve's thresholds
-    precision: np.ndarray  # (K,) completeness-corrected precision of picks scoring >= scores[i]
+    rank_scores: np.ndarray  # (K,) scores of all candidate picks, descending
+    local_precision: np.ndarray  # (K,) completeness-corrected share of real particles among
+    # the picks ranked around each one (see local_precision)
+
+
+def local_precision(is_tp: np.ndarray, completeness: float) -> np.ndarray:
+    """For each pick in rank order, the share of real particles among its rank neighbours.
+
+    A moving average of the TP flags over a window holding about 20 expected labelled
+    particles, divided by the label completeness (capped at 1). Unlike the cumulative
+    precision it drops as soon as the picks at that score stop being particles, which is what
+    a pseudo-label threshold needs.
+    """
+    k = len(is_tp)
+    if k == 0:
+        return np.zeros(0)
+    c = completeness if completeness < COMPLETE_LABELS else 1.0
+    w = int(max(30, np.ceil(20 / max(c, 0.05))))
+    csum = np.concatenate([[0.0], np.cumsum(is_tp, dtype=np.float64)])
+    i = np.arange(k)
+    lo, hi = np.maximum(0, i - w // 2), np.minimum(k, i + w // 2 + 1)
+    return np.minimum(1.0, (csum[hi] - csum[lo]) / (hi - lo) / c)
 
 
 def validate(model: torch.nn.Module, micrographs, particle_diameter: float, radius_model: float,
@@ -124,4 +144,5 @@ def validate(model: torch.nn.Module, micrographs, particle_diameter: float, radi
     pixel["split"] = split
     metrics = {"split": split, "n_micrographs": len(micrographs), "particle": particle,
                "pixel": pixel, "threshold": threshold}
-    return ValidationResult(metrics, threshold, completeness, preds, thresholds, precision)
+    return ValidationResult(metrics, threshold, completeness, preds, curve.scores,
+                            local_precision(curve.is_tp, completeness))

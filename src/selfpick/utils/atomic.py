@@ -19,6 +19,12 @@ from selfpick.errors import OutputError
 _NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def os_error_to_output_error(exc: OSError, path: str | os.PathLike) -> OutputError:
     """Turn an operating-system failure while writing ``path`` into one clear message."""
     if exc.errno in _NO_SPACE:
@@ -45,6 +51,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp makes the file private (0600); give it the permissions a normally created
+        # file would have, so colleagues on a shared cluster can read results.
+        os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
     except OSError as exc:
         tmp_path.unlink(missing_ok=True)
