@@ -1,9 +1,16 @@
-"""Particle centres from a probability map: smoothing, local maxima, non-maximum suppression.
+"""Particle centres from a probability map: local maxima, then non-maximum suppression.
 
-The score of a pick is the probability map averaged over a small Gaussian around the centre.
-Smoothing first matters: a confident network saturates whole disks at p = 1.0, and a raw
-max-filter would then report every pixel of the plateau; the smoothed map peaks once, at the
-centre of mass of the disk.
+Candidates are the 3x3 local maxima of the (very lightly smoothed) probability map; an exact,
+circular greedy suppression then keeps the best of any candidates closer than the minimum
+distance. A square max-filter as wide as the minimum distance would be simpler but also
+suppresses real neighbours on the diagonal (up to sqrt(2) times the distance): on crowded
+real micrographs (EMPIAR-10017, a fifth of the particles have a neighbour within 0.75
+diameters) that cost about 10 points of recall.
+
+Ties are broken by adding a thousandth of a strongly smoothed map: a confident network
+saturates whole disks at p = 1.0, and the sum then peaks once, at the centre of the plateau.
+Smoothing the map itself (instead of only breaking ties) lowers the peaks of small or faint
+particles and measurably reduced recall.
 """
 
 from __future__ import annotations
@@ -35,9 +42,15 @@ def smooth(prob: torch.Tensor, sigma: float) -> torch.Tensor:
     return x[0, 0]
 
 
+# Weight of the tie-breaking smoothed map (see the module docstring): small enough never to
+# reorder picks whose probabilities differ by more than a thousandth.
+TIE_BREAK = 1e-3
+
+
 def score_map(prob: torch.Tensor, radius: float) -> torch.Tensor:
-    """The map peaks are found on: ``prob`` smoothed with sigma = a quarter particle radius."""
-    return smooth(prob, max(0.5, 0.25 * radius))
+    """The map peaks are found on: ``prob`` plus a tie-breaking thousandth of ``prob``
+    smoothed over half the particle ``radius`` (model pixels)."""
+    return prob + TIE_BREAK * smooth(prob, max(1.0, 0.5 * radius))
 
 
 def find_peaks(scores: torch.Tensor, min_distance: float, threshold: float = 0.0,
@@ -58,8 +71,7 @@ def find_peaks(scores: torch.Tensor, min_distance: float, threshold: float = 0.0
     score: ``(N,)`` float array, descending.
     """
     h, w = scores.shape
-    d = max(1, int(np.floor(min_distance)))
-    pooled = F.max_pool2d(scores[None, None], kernel_size=2 * d + 1, stride=1, padding=d)[0, 0]
+    pooled = F.max_pool2d(scores[None, None], kernel_size=3, stride=1, padding=1)[0, 0]
     is_max = (scores >= pooled) & (scores >= threshold) & (scores > 0)
     if edge_margin > 0:
         m = int(np.ceil(edge_margin))
@@ -107,8 +119,8 @@ def _subpixel(scores: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, axis: in
 def _greedy_nms(xy: np.ndarray, min_distance: float) -> np.ndarray:
     """Indices kept when points (sorted best first) suppress later points within the distance.
 
-    The square max-pool window lets through plateau ties and diagonal neighbours; this exact,
-    circular pass removes them.
+    A kept point suppresses every later point closer than ``min_distance``; a suppressed point
+    suppresses nothing (so a chain a > b > c with a-b and b-c close but a-c far keeps a and c).
     """
     n = len(xy)
     if n < 2 or min_distance <= 0:
