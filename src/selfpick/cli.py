@@ -111,7 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = args._main(args)
     except SelfpickError as exc:
-        print(f"selfpick {args.command}: error: {exc}", file=sys.stderr)
+        # A file name with undecodable bytes (surrogate escapes) must not turn the message
+        # into a UnicodeEncodeError on a strict stream: show those bytes as \udcXX escapes.
+        text = str(exc).encode("utf-8", "backslashreplace").decode("utf-8")
+        text = " ".join(part.strip() for part in text.splitlines())  # one line, always
+        print(f"selfpick {args.command}: error: {text}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"selfpick {args.command}: interrupted", file=sys.stderr)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import types
 import typing
@@ -251,7 +252,46 @@ def _coerce(key: str, value: Any, f: dataclasses.Field, source: Any) -> Any:
     if choices and value not in choices:
         raise InputError(f"setting {key!r} must be one of {', '.join(choices)}, got {value!r}",
                          source)
+    _check_range(key, value, source)
     return value
+
+
+# Allowed ranges of numeric settings, (lowest, highest, lowest excluded); None = no bound.
+# Values outside them would crash deep inside training (batch size 0, width 0) or silently
+# train nothing (negative epochs), so they are refused up front, naming their source.
+_UNIT = (0.0, 1.0, False)
+_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
+    "particle_diameter": (0, None, True), "particle_radius": (0, None, True),
+    "pixel_size": (0, None, True), "downsample": (0, None, False),
+    "target_particle_px": (0, None, True), "clip_sigma": (0, None, False),
+    "lowpass_sigma": (0, None, False), "depth": (0, None, False), "width": (1, None, False),
+    "positive_radius": (0, None, True), "ignore_radius": (0, None, False),
+    "focal_alpha": _UNIT, "focal_gamma": (0, None, False), "pos_weight": (0, None, True),
+    "focal_weight": (0, None, False), "dice_weight": (0, None, False),
+    "initial_epochs": (1, None, False), "retrain_epochs": (0, None, False),
+    "batch_size": (1, None, False), "learning_rate": (0, None, True),
+    "weight_decay": (0, None, False), "crop_size": (1, None, False),
+    "crops_per_epoch": (0, None, False), "grad_clip": (0, None, False),
+    "val_fraction": (0.0, 1.0, False), "workers": (0, None, False),
+    "max_val_micrographs": (0, None, False), "self_training_iterations": (0, None, False),
+    "positive_threshold": _UNIT, "negative_threshold": _UNIT, "threshold_step": _UNIT,
+    "positive_threshold_min": _UNIT, "negative_threshold_max": _UNIT,
+    "early_stop_patience": (0, None, False), "threshold": _UNIT,
+    "min_distance": (0, None, False), "edge_margin": (0, None, False),
+}
+
+
+def _check_range(key: str, value: Any, source: Any) -> None:
+    if key not in _RANGES or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    lo, hi, open_lo = _RANGES[key]
+    too_low = lo is not None and (value <= lo if open_lo else value < lo)
+    too_high = hi is not None and value > hi
+    if not math.isfinite(value) or too_low or too_high:
+        want = ("a finite number" if lo is None else
+                f"{'greater than' if open_lo else 'at least'} {lo:g}"
+                + (f" and at most {hi:g}" if hi is not None else ""))
+        raise InputError(f"setting {key!r} must be {want}, got {value!r}", source)
 
 
 def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
@@ -268,7 +308,11 @@ def load_config_file(path: str | os.PathLike) -> dict[str, Any]:
         else:
             data = json.loads(text)
     except Exception as exc:
-        raise InputError(f"cannot parse the config file ({exc})", path) from exc
+        # One line: YAML's own message spans several (a code excerpt with a caret).
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        what = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise InputError(f"cannot parse the config file ({where}{what})", path) from exc
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -105,6 +105,14 @@ def list_micrographs(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> l
     names: dict[str, Path] = {}
     for f in unique:
         n = micrograph_name(f)
+        try:
+            n.encode("utf-8")
+        except UnicodeEncodeError:
+            # Undecodable bytes in a file name: no coordinate file (STAR, JSON, CSV are text)
+            # can name this micrograph, and its picks could not be written.
+            raise InputError("the file name is not valid UTF-8 text (it holds undecodable "
+                             "bytes); coordinate files cannot name this micrograph: rename it",
+                             f) from None
         if n in names:
             raise InputError(
                 f"two micrographs share the name {n!r} ({names[n]} and {f}); coordinates are "
@@ -198,9 +206,47 @@ def read_micrograph_info(path: str | os.PathLike) -> MicrographInfo:
     return MicrographInfo(path, data.shape, px)
 
 
+def _check_mrc_size(path: Path) -> None:
+    """Compare the header's promise (dimensions, mode, extended header) with the file size.
+
+    mrcfile's memory map fails on a short file with only "Error opening memmap"; this says what
+    is wrong instead: not an MRC file at all, or an MRC file cut short (an interrupted copy).
+    """
+    import mrcfile
+    from mrcfile.utils import dtype_from_mode
+
+    size = path.stat().st_size
+    if size < 1024:
+        raise InputError(f"the file is truncated or not an MRC file: {size} bytes, shorter "
+                         "than an MRC header (1024 bytes)", path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with mrcfile.open(path, mode="r", permissive=True, header_only=True) as mrc:
+            h = mrc.header
+            nx, ny, nz, mode, ext = (int(h.nx), int(h.ny), int(h.nz), int(h.mode),
+                                     int(h.nsymbt))
+    try:
+        itemsize = np.dtype(dtype_from_mode(mode)).itemsize
+    except ValueError:
+        raise InputError(f"not a readable MRC file (unknown data mode {mode} in the header)",
+                         path) from None
+    if min(nx, ny, nz) < 1 or ext < 0:
+        raise InputError(f"not a readable MRC file (the header gives impossible dimensions "
+                         f"{nx} x {ny} x {nz})", path)
+    expected = 1024 + ext + nx * ny * nz * itemsize
+    if size < expected:
+        detail = f", of which {ext} for the extended header" if ext else ""
+        raise InputError(
+            f"the file is truncated or its header is damaged: the header ({nx} x {ny} x {nz} "
+            f"pixels, mode {mode}) promises {expected} bytes{detail}, the file holds {size}",
+            path,
+        )
+
+
 def _read_mrc(path: Path) -> tuple[np.ndarray, float | None]:
     import mrcfile
 
+    _check_mrc_size(path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         # permissive: many programs write slightly non-standard headers (wrong map ID, odd
@@ -218,6 +264,10 @@ def _read_mrc(path: Path) -> tuple[np.ndarray, float | None]:
                     path,
                 )
             data = np.asarray(mrc.data)
+            if data.dtype.kind == "c":
+                # Casting to float32 below would silently keep only the real part.
+                raise InputError(f"holds complex numbers (MRC mode {int(hdr.mode)}, e.g. a "
+                                 "Fourier transform), not an image", path)
             vs = float(mrc.voxel_size.x)
             # Copy out of the memory map before the file is closed.
             data = np.array(data, dtype=np.float32, copy=True)

@@ -92,7 +92,12 @@ def save_model(path: str | os.PathLike, model: torch.nn.Module, config: Config,
     payload = model_payload(model, config, particle_diameter, downsample, threshold,
                             min_distance, stage, metrics)
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        # Through a Python file object: on a full disk torch.save(payload, <path>) fails with a
+        # RuntimeError from its C++ writer, a file object gives the OSError atomic_path reports.
+        with open(tmp, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> SavedModel:

@@ -109,8 +109,11 @@ def predict_probability(model: torch.nn.Module, image: np.ndarray | torch.Tensor
     retried in tiles instead of failing.
     """
     device = torch.device(device)
-    x = torch.as_tensor(np.asarray(image, dtype=np.float32) if not torch.is_tensor(image)
-                        else image, device=device).float()
+    if not torch.is_tensor(image):
+        image = np.asarray(image, dtype=np.float32)
+        if not image.flags.writeable:  # a memory-mapped cache entry: torch would warn on stderr
+            image = image.copy()
+    x = torch.as_tensor(image, device=device).float()
     h, w = x.shape[-2:]
     use_tiles = tile if tile is not None else (DEFAULT_TILE if h * w > WHOLE_IMAGE_MAX_PIXELS
                                                else 0)

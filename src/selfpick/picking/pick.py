@@ -17,6 +17,7 @@ Outputs (``fmt``):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -228,6 +229,7 @@ def pick(model_path: str | os.PathLike, images, output: str | os.PathLike,
     device = resolve_device(opts.device)
     saved = load_model(model_path, device)
     out = Path(output)
+    out_existed = out.exists()
     _check_output_dir(out)
     threshold = saved.threshold if opts.threshold is None else float(opts.threshold)
     edge = opts.edge_margin if opts.edge_margin is not None else saved.config.pick.edge_margin
@@ -286,6 +288,14 @@ def pick(model_path: str | os.PathLike, images, output: str | os.PathLike,
     bar.close()
     summary.seconds = time.perf_counter() - t0
     shard_tag = f"_shard{shard[0]}of{shard[1]}" if shard else ""
+    if summary.n_micrographs == 0 and summary.n_failed and not summary.n_skipped:
+        # Nothing was picked: write no index, summary or failure list (a later run or a
+        # RELION import must not take them for results), and remove the folder if we made it.
+        if not out_existed:
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise InputError(f"none of the {summary.n_failed} micrograph(s) could be read; first "
+                         f"problem: {summary.failed[0].split(chr(9))[1]}")
     if per_mic and fmt == "star":
         from selfpick.io.formats import relion_star
 

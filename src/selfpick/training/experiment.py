@@ -113,6 +113,9 @@ def _prepare_folder(out: Path, resume: bool, overwrite: bool) -> bool:
 @contextlib.contextmanager
 def _log_to_file(path: Path):
     handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    # On a full disk the log line is lost quietly: the next real write stops the run with one
+    # clear message, instead of a "--- Logging error ---" traceback per line on the console.
+    handler.handleError = lambda record: None  # type: ignore[method-assign]
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     handler.setLevel(logging.INFO)
     logger = logging.getLogger("selfpick")
@@ -124,7 +127,8 @@ def _log_to_file(path: Path):
         yield
     finally:
         logger.removeHandler(handler)
-        handler.close()
+        with contextlib.suppress(OSError):  # flushing the last lines onto a full disk
+            handler.close()
         logger.setLevel(old_level)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,7 +73,12 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, epoch: int, stage: 
     if scaler is not None:
         payload["scaler"] = scaler.state_dict()
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        # Through a Python file object: on a full disk torch.save(payload, <path>) fails with a
+        # RuntimeError from its C++ writer, a file object gives the OSError atomic_path reports.
+        with open(tmp, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
 
 
 def load_checkpoint(path: Path) -> dict | None:

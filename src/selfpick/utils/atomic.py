@@ -27,7 +27,10 @@ def _umask() -> int:
 
 def os_error_to_output_error(exc: OSError, path: str | os.PathLike) -> OutputError:
     """Turn an operating-system failure while writing ``path`` into one clear message."""
-    if exc.errno in _NO_SPACE:
+    # numpy's tofile (np.save to a file) reports a short write without an errno: on a
+    # regular file that is the disk or quota running full.
+    short_write = exc.errno is None and "requested and" in str(exc) and "written" in str(exc)
+    if exc.errno in _NO_SPACE or short_write:
         return OutputError("no space left on the device (disk or quota full) while writing", path)
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return OutputError("permission denied: this location cannot be written", path)
