@@ -26,9 +26,17 @@ from selfpick.errors import InputError
 
 
 def opt(default: Any, help: str, *, flag: str | None = None, choices: tuple | None = None,
-        aliases: tuple[str, ...] = (), cli: bool = True, factory: Any = None) -> Any:
-    """A dataclass field carrying its command-line help."""
-    meta = {"help": help, "flag": flag, "choices": choices, "aliases": aliases, "cli": cli}
+        aliases: tuple[str, ...] = (), cli: bool = True, factory: Any = None,
+        bounds: tuple[float | None, float | None] | None = None, above: bool = False) -> Any:
+    """A dataclass field carrying its command-line help.
+
+    ``bounds`` = (lowest, highest) allowed value (None = unbounded); ``above`` excludes the
+    lowest value itself (a diameter must be > 0).
+    """
+    meta = {"help": help, "flag": flag, "choices": choices, "aliases": aliases, "cli": cli,
+            "above": above}
+    if bounds is not None:
+        meta["bounds"] = bounds
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -47,31 +55,31 @@ class DataConfig:
     unlabeled_dir: str | None = opt(None, "micrographs without coordinates, used only through "
                                     "pseudo-labels during self-training")
     particle_diameter: float | None = opt(None, "particle diameter in original micrograph pixels "
-                                          "(default: from the coordinate file when it has one)")
+                                          "(default: from the coordinate file when it has one)", bounds=(0, None), above=True)
     particle_radius: float | None = opt(None, "particle radius in original pixels (the original "
-                                        "script's flag; --particle-diameter is preferred)")
+                                        "script's flag; --particle-diameter is preferred)", bounds=(0, None), above=True)
     pixel_size: float | None = opt(None, "Å per original pixel, used only when the micrograph "
-                                   "headers do not say")
+                                   "headers do not say", bounds=(0, None), above=True)
 
 
 @dataclass
 class PreprocessConfig:
     downsample: float = opt(0.0, "downsampling factor (original px per model px); 0 chooses it "
-                            "so a particle is --target-particle-px model pixels across")
+                            "so a particle is --target-particle-px model pixels across", bounds=(0, None))
     target_particle_px: float = opt(20.0, "particle diameter in model pixels when the "
-                                    "downsampling factor is chosen automatically")
+                                    "downsampling factor is chosen automatically", bounds=(0, None), above=True)
     downsample_method: str = opt("fourier", "Fourier cropping (exact for any factor, keeps the "
                                  "noise spectrum) or area averaging (faster)",
                                  choices=("fourier", "area"))
     clip_sigma: float = opt(5.0, "after robust standardisation, clip pixel values to +-this "
-                            "many robust standard deviations (hot pixels, ice crystals)")
-    lowpass_sigma: float = opt(0.0, "optional Gaussian low-pass, sigma in model pixels (0 = off)")
+                            "many robust standard deviations (hot pixels, ice crystals)", bounds=(0, None))
+    lowpass_sigma: float = opt(0.0, "optional Gaussian low-pass, sigma in model pixels (0 = off)", bounds=(0, None))
 
 
 @dataclass
 class ModelConfig:
-    depth: int = opt(3, "U-Net depth (number of 2x downsamplings)")
-    width: int = opt(16, "channels of the first U-Net level (doubled at each level)")
+    depth: int = opt(3, "U-Net depth (number of 2x downsamplings)", bounds=(0, None))
+    width: int = opt(16, "channels of the first U-Net level (doubled at each level)", bounds=(1, None))
     norm: str = opt("batch", "normalisation layers (per-image norms such as group norm are "
                     "not offered: they would make tiled picking differ from whole-image "
                     "picking)", choices=("batch", "none"))
@@ -80,75 +88,75 @@ class ModelConfig:
 @dataclass
 class TargetConfig:
     positive_radius: float = opt(0.5, "radius of the positive disk around each centre, as a "
-                                 "fraction of the particle radius")
+                                 "fraction of the particle radius", bounds=(0, None), above=True)
     ignore_radius: float = opt(1.0, "outer radius of the ignored ring around each positive disk, "
-                               "as a fraction of the particle radius")
+                               "as a fraction of the particle radius", bounds=(0, None))
 
 
 @dataclass
 class LossConfig:
-    focal_alpha: float = opt(0.25, "focal loss alpha (weight of positive pixels)")
-    focal_gamma: float = opt(2.0, "focal loss gamma (down-weights easy pixels)")
+    focal_alpha: float = opt(0.25, "focal loss alpha (weight of positive pixels)", bounds=(0.0, 1.0))
+    focal_gamma: float = opt(2.0, "focal loss gamma (down-weights easy pixels)", bounds=(0, None))
     pos_weight: float | None = opt(None, "pos_weight passed to binary_cross_entropy_with_logits "
-                                   "(class imbalance); unset = 1")
-    focal_weight: float = opt(0.7, "weight of the focal term in the combined loss")
-    dice_weight: float = opt(0.3, "weight of the Dice term in the combined loss")
+                                   "(class imbalance); unset = 1", bounds=(0, None), above=True)
+    focal_weight: float = opt(0.7, "weight of the focal term in the combined loss", bounds=(0, None))
+    dice_weight: float = opt(0.3, "weight of the Dice term in the combined loss", bounds=(0, None))
 
 
 @dataclass
 class TrainConfig:
     output_dir: str | None = opt(None, "experiment folder to create", aliases=("--output",))
-    initial_epochs: int = opt(30, "epochs of supervised training (iteration 0)")
-    retrain_epochs: int = opt(10, "epochs of each self-training iteration")
-    batch_size: int = opt(8, "crops per optimisation step")
-    learning_rate: float = opt(3e-3, "AdamW learning rate (peak of the one-cycle schedule)")
-    weight_decay: float = opt(1e-4, "AdamW weight decay")
-    crop_size: int = opt(192, "side of the random training crops, in model pixels")
+    initial_epochs: int = opt(30, "epochs of supervised training (iteration 0)", bounds=(1, None))
+    retrain_epochs: int = opt(10, "epochs of each self-training iteration", bounds=(0, None))
+    batch_size: int = opt(8, "crops per optimisation step", bounds=(1, None))
+    learning_rate: float = opt(3e-3, "AdamW learning rate (peak of the one-cycle schedule)", bounds=(0, None), above=True)
+    weight_decay: float = opt(1e-4, "AdamW weight decay", bounds=(0, None))
+    crop_size: int = opt(192, "side of the random training crops, in model pixels", bounds=(1, None))
     crops_per_epoch: int = opt(0, "crops per epoch; 0 = enough to cover the training "
-                               "micrographs' area once (at least 64)")
-    grad_clip: float = opt(1.0, "gradient norm clipping (0 = off)")
+                               "micrographs' area once (at least 64)", bounds=(0, None))
+    grad_clip: float = opt(1.0, "gradient norm clipping (0 = off)", bounds=(0, None))
     val_fraction: float = opt(0.1, "fraction of labelled micrographs held out for validation "
-                              "(at least one when there are two or more)")
+                              "(at least one when there are two or more)", bounds=(0.0, 1.0))
     seed: int = opt(0, "random seed for the split, Python, NumPy and torch")
     deterministic: bool = opt(False, "use deterministic algorithms only (slower on GPU)")
     device: str = opt("auto", "cpu, cuda, cuda:N or auto")
     multi_gpu: bool = opt(False, "train on all visible GPUs with DistributedDataParallel "
                           "(selfpick starts torchrun for you)")
-    workers: int = opt(0, "DataLoader worker processes (0 = load in the main process)")
+    workers: int = opt(0, "DataLoader worker processes (0 = load in the main process)", bounds=(0, None))
     amp: bool = opt(True, "mixed precision on CUDA (ignored on CPU)")
     max_val_micrographs: int = opt(0, "evaluate at most this many validation micrographs "
-                                   "(0 = all)", cli=False)
+                                   "(0 = all)", cli=False, bounds=(0, None))
 
 
 @dataclass
 class SelfTrainConfig:
-    self_training_iterations: int = opt(2, "self-training iterations after supervised training")
+    self_training_iterations: int = opt(2, "self-training iterations after supervised training", bounds=(0, None))
     pseudo_label_mode: str = opt("peaks", "how pseudo-labels are made: 'peaks' adds disks at "
                                  "confident detected particles (robust), 'pixel' thresholds "
                                  "the probability map per pixel (the original script)",
                                  choices=("peaks", "pixel"))
-    positive_threshold: float = opt(0.95, "pseudo-positive threshold at iteration 1")
-    negative_threshold: float = opt(0.05, "pseudo-negative threshold at iteration 1")
-    threshold_step: float = opt(0.02, "how much both thresholds relax per iteration")
-    positive_threshold_min: float = opt(0.80, "the positive threshold never relaxes below this")
-    negative_threshold_max: float = opt(0.20, "the negative threshold never relaxes above this")
+    positive_threshold: float = opt(0.95, "pseudo-positive threshold at iteration 1", bounds=(0.0, 1.0))
+    negative_threshold: float = opt(0.05, "pseudo-negative threshold at iteration 1", bounds=(0.0, 1.0))
+    threshold_step: float = opt(0.02, "how much both thresholds relax per iteration", bounds=(0.0, 1.0))
+    positive_threshold_min: float = opt(0.80, "the positive threshold never relaxes below this", bounds=(0.0, 1.0))
+    negative_threshold_max: float = opt(0.20, "the negative threshold never relaxes above this", bounds=(0.0, 1.0))
     threshold_schedule: str = opt("linear", "how thresholds relax over iterations",
                                   choices=("linear", "constant"))
     calibrate_thresholds: bool = opt(True, "in 'peaks' mode, express thresholds relative to the "
                                      "validation-chosen picking threshold so the schedule works "
                                      "with the model's real calibration")
     early_stop_patience: int = opt(0, "stop self-training after this many iterations without a "
-                                   "better validation particle F1 (0 = never)")
+                                   "better validation particle F1 (0 = never)", bounds=(0, None))
 
 
 @dataclass
 class PickConfig:
     threshold: float | None = opt(None, "score threshold for picks (default: the one the model "
-                                  "chose on validation)", cli=False)
+                                  "chose on validation)", cli=False, bounds=(0.0, 1.0))
     min_distance: float = opt(0.5, "minimum distance between picks, as a fraction of the particle "
-                              "diameter", cli=False)
+                              "diameter", cli=False, bounds=(0, None))
     edge_margin: float = opt(0.0, "discard picks closer than this to the edge, in original "
-                             "pixels", cli=False)
+                             "pixels", cli=False, bounds=(0, None))
 
 
 @dataclass
@@ -252,39 +260,16 @@ def _coerce(key: str, value: Any, f: dataclasses.Field, source: Any) -> Any:
     if choices and value not in choices:
         raise InputError(f"setting {key!r} must be one of {', '.join(choices)}, got {value!r}",
                          source)
-    _check_range(key, value, source)
+    _check_range(key, value, f, source)
     return value
 
 
-# Allowed ranges of numeric settings, (lowest, highest, lowest excluded); None = no bound.
-# Values outside them would crash deep inside training (batch size 0, width 0) or silently
-# train nothing (negative epochs), so they are refused up front, naming their source.
-_UNIT = (0.0, 1.0, False)
-_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
-    "particle_diameter": (0, None, True), "particle_radius": (0, None, True),
-    "pixel_size": (0, None, True), "downsample": (0, None, False),
-    "target_particle_px": (0, None, True), "clip_sigma": (0, None, False),
-    "lowpass_sigma": (0, None, False), "depth": (0, None, False), "width": (1, None, False),
-    "positive_radius": (0, None, True), "ignore_radius": (0, None, False),
-    "focal_alpha": _UNIT, "focal_gamma": (0, None, False), "pos_weight": (0, None, True),
-    "focal_weight": (0, None, False), "dice_weight": (0, None, False),
-    "initial_epochs": (1, None, False), "retrain_epochs": (0, None, False),
-    "batch_size": (1, None, False), "learning_rate": (0, None, True),
-    "weight_decay": (0, None, False), "crop_size": (1, None, False),
-    "crops_per_epoch": (0, None, False), "grad_clip": (0, None, False),
-    "val_fraction": (0.0, 1.0, False), "workers": (0, None, False),
-    "max_val_micrographs": (0, None, False), "self_training_iterations": (0, None, False),
-    "positive_threshold": _UNIT, "negative_threshold": _UNIT, "threshold_step": _UNIT,
-    "positive_threshold_min": _UNIT, "negative_threshold_max": _UNIT,
-    "early_stop_patience": (0, None, False), "threshold": _UNIT,
-    "min_distance": (0, None, False), "edge_margin": (0, None, False),
-}
-
-
-def _check_range(key: str, value: Any, source: Any) -> None:
-    if key not in _RANGES or isinstance(value, bool) or not isinstance(value, (int, float)):
+def _check_range(key: str, value: Any, f: dataclasses.Field, source: Any) -> None:
+    """Refuse numbers outside a field's ``bounds`` up front, naming their source: they would
+    crash deep inside training (batch size 0) or silently train nothing (negative epochs)."""
+    if "bounds" not in f.metadata or isinstance(value, bool) or not isinstance(value, (int, float)):
         return
-    lo, hi, open_lo = _RANGES[key]
+    (lo, hi), open_lo = f.metadata["bounds"], f.metadata["above"]
     too_low = lo is not None and (value <= lo if open_lo else value < lo)
     too_high = hi is not None and value > hi
     if not math.isfinite(value) or too_low or too_high:
