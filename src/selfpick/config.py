@@ -109,7 +109,12 @@ class TrainConfig:
     initial_epochs: int = opt(30, "epochs of supervised training (iteration 0)", bounds=(1, None))
     retrain_epochs: int = opt(10, "epochs of each self-training iteration", bounds=(0, None))
     batch_size: int = opt(8, "crops per optimisation step", bounds=(1, None))
-    learning_rate: float = opt(3e-3, "AdamW learning rate (peak of the one-cycle schedule)", bounds=(0, None), above=True)
+    learning_rate: float = opt(3e-3, "AdamW peak learning rate of supervised training (warm-up, "
+                               "then cosine decay)", bounds=(0, None), above=True)
+    retrain_learning_rate: float | None = opt(None, "peak learning rate of the self-training "
+                                              "iterations, which fine-tune the previous weights "
+                                              "(default: a third of --learning-rate)",
+                                              bounds=(0, None), above=True)
     weight_decay: float = opt(1e-4, "AdamW weight decay", bounds=(0, None))
     crop_size: int = opt(192, "side of the random training crops, in model pixels", bounds=(1, None))
     crops_per_epoch: int = opt(0, "crops per epoch; 0 = enough to cover the training "

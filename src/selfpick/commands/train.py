@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 
 from selfpick.config import add_config_arguments, config_from_args, given_keys, load_config_file
-from selfpick.errors import SelfpickError
+from selfpick.errors import OutputError, SelfpickError
 
 log = logging.getLogger("selfpick")
 
@@ -65,10 +65,17 @@ def main(args: argparse.Namespace) -> int:
             cfg.update({k: v for k, v in load_config_file(saved).get("data", {}).items()},
                        source=saved)
     if cfg.train.multi_gpu and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return _launch_torchrun(args)
+        return _launch_torchrun(args, cfg)
     argv = _command_argv(args)
-    result = run_training(cfg, resume=args.resume, overwrite=args.overwrite, command_line=argv,
-                          progress=not args.quiet, explicit=given_keys(args, base))
+    try:
+        result = run_training(cfg, resume=args.resume, overwrite=args.overwrite,
+                              command_line=argv, progress=not args.quiet,
+                              explicit=given_keys(args, base))
+    finally:
+        # Under torchrun: leave the process group cleanly (no-op in a single process).
+        from selfpick.training import distributed
+
+        distributed.shutdown()
     if result.stages:
         print(stage_table(result.stages))
         print(f"\nbest stage: {result.best_stage}; models in {result.output_dir}")
@@ -81,18 +88,41 @@ def _command_argv(args: argparse.Namespace) -> list[str]:
     return argv[1:] if argv[:1] == ["train"] else argv
 
 
-def _launch_torchrun(args: argparse.Namespace) -> int:
+def _launch_torchrun(args: argparse.Namespace, cfg) -> int:
     """Re-run this command under torchrun with one process per GPU (DistributedDataParallel)."""
     import torch
 
-    n = args.nproc or torch.cuda.device_count()
+    from selfpick.training.experiment import _is_experiment
+
+    spec = cfg.train.device.strip().lower()
+    on_cpu = spec == "cpu" or (spec == "auto" and not torch.cuda.is_available())
+    n_gpu = 0 if on_cpu else torch.cuda.device_count()
+    n = args.nproc or n_gpu
     if n < 1:
         raise SelfpickError("--multi-gpu: no CUDA GPU is visible (use --nproc N with "
                             "--device cpu to test DDP on CPUs)")
+    if not on_cpu and n > n_gpu:
+        raise SelfpickError(f"--multi-gpu --nproc {n}: only {n_gpu} GPU(s) are visible "
+                            "(one process per GPU)")
+    # Refuse here what rank 0 would refuse, so the user gets the one-line message (exit code 2)
+    # instead of torchrun's report of a failed worker.
+    out = Path(cfg.train.output_dir) if cfg.train.output_dir else None
+    if out is None:
+        raise SelfpickError("no experiment folder given: use --output-dir")
+    if _is_experiment(out) and not (args.resume or args.overwrite):
+        raise OutputError("this folder already holds a selfpick experiment; use --resume to "
+                          "continue it or --overwrite to start over", out)
     argv = ["train", *_command_argv(args)]
+    # "--" ends torchrun's own options: without it torchrun's argparse also reads our flags
+    # ("--nproc" is an ambiguous prefix of its --nproc-per-node, and an abbreviated flag could
+    # be taken as one of its options).
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={n}", "-m", "selfpick", *argv]
+           f"--nproc_per_node={n}", "-m", "--", "selfpick", *argv]
     log.info("starting %d training processes: %s", n, " ".join(cmd))
     env = dict(os.environ)
+    if "OMP_NUM_THREADS" not in env:
+        # torchrun would set 1 (and warn); share the cores among the processes instead, which
+        # matters for CPU training and for data loading next to GPUs.
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // n))
     return subprocess.call(cmd, env=env)
 

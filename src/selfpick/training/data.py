@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -273,10 +272,3 @@ def default_crops_per_epoch(images: list[np.ndarray], crop: int, minimum: int = 
     """Enough crops to cover the micrographs' total area once."""
     area = sum(im.shape[0] * im.shape[1] for im in images)
     return max(minimum, int(np.ceil(area / (crop * crop))))
-
-
-def env_int(name: str, default: int) -> int:
-    try:
-        return int(os.environ.get(name, default))
-    except ValueError:
-        return default

@@ -7,10 +7,24 @@ the tests run DDP without a GPU).
 
 from __future__ import annotations
 
+import datetime
+import logging
 import os
 
 import torch
 import torch.distributed as tdist
+
+log = logging.getLogger("selfpick")
+
+# Rank 0 validates, pseudo-labels and writes models alone while the other ranks wait in a
+# barrier; on a large data set that takes longer than the collective timeouts' defaults (10 min
+# for NCCL), which would kill a healthy job. SELFPICK_DDP_TIMEOUT_MINUTES overrides it.
+DEFAULT_TIMEOUT_MINUTES = 120
+
+
+def _timeout() -> datetime.timedelta:
+    minutes = float(os.environ.get("SELFPICK_DDP_TIMEOUT_MINUTES", DEFAULT_TIMEOUT_MINUTES))
+    return datetime.timedelta(minutes=minutes)
 
 
 def is_distributed() -> bool:
@@ -36,12 +50,20 @@ def init_from_env(device_kind: str) -> torch.device | None:
     if not launched_by_torchrun() or is_distributed():
         return None
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if int(os.environ.get("RANK", "0")) != 0:
+        # Every rank runs the same code; only rank 0 should talk to the user (its messages
+        # also go to training.log). Warnings and errors of the others still show.
+        log.setLevel(logging.WARNING)
     if device_kind == "cuda":
         torch.cuda.set_device(local_rank)
-        tdist.init_process_group("nccl")
-        return torch.device("cuda", local_rank)
-    tdist.init_process_group("gloo")
-    return torch.device("cpu")
+        tdist.init_process_group("nccl", timeout=_timeout())
+        device = torch.device("cuda", local_rank)
+    else:
+        tdist.init_process_group("gloo", timeout=_timeout())
+        device = torch.device("cpu")
+    log.info("DistributedDataParallel: %d processes, %s backend", tdist.get_world_size(),
+             tdist.get_backend())
+    return device
 
 
 def shutdown() -> None:

@@ -42,7 +42,7 @@ from selfpick.targets import IGNORE, NEGATIVE, POSITIVE
 from selfpick.training import distributed as dist
 from selfpick.training.data import (CropDataset, TrainingMicrograph, TrainingSet,
                                     default_crops_per_epoch, load_training_set)
-from selfpick.training.loop import train_stage
+from selfpick.training.loop import stage_learning_rate, train_stage
 from selfpick.training.pseudolabels import (PseudoLabelStats, label_shares, peak_pseudo_labels,
                                             pixel_pseudo_labels, score_for_precision,
                                             threshold_schedule)
@@ -407,7 +407,8 @@ def _run_stages(cfg: Config, ts: TrainingSet, out: Path, device: torch.device,
         dataset = CropDataset(images, targets, crop, length, seed=cfg.train.seed * 1000 + k)
         epochs = cfg.train.initial_epochs if k == 0 else cfg.train.retrain_epochs
         history = train_stage(train_model, dataset, cfg.train, epochs, device, loss_fn, name,
-                              stage_dir / "checkpoint.pt", progress)
+                              stage_dir / "checkpoint.pt", progress,
+                              lr=stage_learning_rate(cfg.train, k))
         if is_main:
             val = validate(model, val_mics, ts.particle_diameter, ts.radius_model, device,
                            val_split, cfg.pick.min_distance, cfg.train.amp, progress)

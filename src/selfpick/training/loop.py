@@ -29,9 +29,18 @@ WARMUP_FRACTION = 0.05
 FINAL_LR_FRACTION = 0.02
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate,
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig,
+                   lr: float | None = None) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=lr or cfg.learning_rate,
                              weight_decay=cfg.weight_decay)
+
+
+def stage_learning_rate(cfg: TrainConfig, iteration: int) -> float:
+    """Peak learning rate of a stage: self-training iterations fine-tune, so they start lower
+    (a full-size warm restart undid much of what supervised training had learnt)."""
+    if iteration == 0:
+        return cfg.learning_rate
+    return cfg.retrain_learning_rate or cfg.learning_rate / 3
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, total_steps: int):
@@ -94,7 +103,8 @@ def load_checkpoint(path: Path) -> dict | None:
 
 def train_stage(model: torch.nn.Module, dataset, cfg: TrainConfig, epochs: int,
                 device: torch.device, loss_fn: Callable, stage: str,
-                checkpoint_path: Path | None = None, progress: bool = True) -> StageHistory:
+                checkpoint_path: Path | None = None, progress: bool = True,
+                lr: float | None = None) -> StageHistory:
     """Train ``model`` for ``epochs`` epochs on ``dataset`` (a CropDataset).
 
     Resumes from ``checkpoint_path`` when it holds this stage's state. Under DDP (see
@@ -104,7 +114,7 @@ def train_stage(model: torch.nn.Module, dataset, cfg: TrainConfig, epochs: int,
     history = StageHistory()
     rank, world = dist.rank_world()
     steps_per_epoch = max(1, math.ceil(len(dataset) / world / cfg.batch_size))
-    optimizer = make_optimizer(model, cfg)
+    optimizer = make_optimizer(model, cfg, lr)
     scheduler = make_scheduler(optimizer, steps_per_epoch * epochs)
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda") if use_amp else None
