@@ -88,6 +88,25 @@ def _command_argv(args: argparse.Namespace) -> list[str]:
     return argv[1:] if argv[:1] == ["train"] else argv
 
 
+def _check_data(cfg) -> None:
+    """The cheap input checks rank 0 would make, before any process starts: the micrographs
+    exist and the coordinates read and match (errors are then one line with exit code 2)."""
+    from selfpick.errors import InputError
+    from selfpick.io import coords
+    from selfpick.io.micrographs import list_micrographs, micrograph_name
+
+    if not cfg.data.image_dir:
+        raise InputError("no micrographs given: use --image-dir")
+    if not cfg.data.coords_file:
+        raise InputError("no coordinates given: use --coords-file")
+    names = [micrograph_name(p) for p in list_micrographs(cfg.data.image_dir)]
+    picks = coords.read_coordinates(cfg.data.coords_file, cfg.data.coords_format)
+    by_name, report = coords.match_coordinates(picks, names)
+    if not by_name:
+        raise InputError("no coordinates match any micrograph by name: " + report.summary(),
+                         cfg.data.coords_file)
+
+
 def _launch_torchrun(args: argparse.Namespace, cfg) -> int:
     """Re-run this command under torchrun with one process per GPU (DistributedDataParallel)."""
     import torch
@@ -112,6 +131,8 @@ def _launch_torchrun(args: argparse.Namespace, cfg) -> int:
     if _is_experiment(out) and not (args.resume or args.overwrite):
         raise OutputError("this folder already holds a selfpick experiment; use --resume to "
                           "continue it or --overwrite to start over", out)
+    if not args.resume:
+        _check_data(cfg)
     argv = ["train", *_command_argv(args)]
     # "--" ends torchrun's own options: without it torchrun's argparse also reads our flags
     # ("--nproc" is an ambiguous prefix of its --nproc-per-node, and an abbreviated flag could
