@@ -150,7 +150,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> S
         raise
     except Exception as exc:
         raise ModelFileError(f"the model file is damaged or inconsistent ({exc})", path) from exc
-    saved.model.to(device).eval()
+    # Channels-last weights: see selfpick.picking.inference (about 2x faster on CPUs).
+    saved.model.to(device=device, memory_format=torch.channels_last).eval()
     return saved
 
 

@@ -1,5 +1,8 @@
 """Probability maps from a U-Net: whole-micrograph or overlapping tiles.
 
+Inputs go in channels-last layout (as the models are kept): oneDNN's convolutions run about
+twice as fast that way on CPUs, and GPUs prefer it too.
+
 Tiles are cut on the network's downsampling grid with a margin wider than the receptive field
 and only their centres are kept, so away from the borders the tiled map equals the whole-image
 map (up to float rounding). Large micrographs, and any micrograph that runs out of memory as a
@@ -49,7 +52,7 @@ def predict_logits(model: torch.nn.Module, images: torch.Tensor, amp: bool = Fal
     multiple = getattr(model, "multiple", 1)
     x, h, w = _pad_to_multiple(images, multiple)
     with _autocast(x.device, amp):
-        out = model(x)
+        out = model(x.contiguous(memory_format=torch.channels_last))
     return out[..., :h, :w].float()
 
 
@@ -82,7 +85,7 @@ def predict_logits_tiled(model: torch.nn.Module, image: torch.Tensor, tile: int 
             chunk = group[i : i + batch_size]
             batch = torch.cat([x[..., w[4]:w[6], w[5]:w[7]] for w in chunk], dim=0)
             with _autocast(batch.device, amp):
-                pred = model(batch).float()
+                pred = model(batch.contiguous(memory_format=torch.channels_last)).float()
             for k, (y0, x0, y1, x1, wy0, wx0, _, _) in enumerate(chunk):
                 out[y0:y1, x0:x1] = pred[k, 0, y0 - wy0 : y1 - wy0, x0 - wx0 : x1 - wx0]
     return out[:h, :w]

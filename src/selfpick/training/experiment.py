@@ -348,9 +348,7 @@ def _run_stages(cfg: Config, ts: TrainingSet, out: Path, device: torch.device,
                 progress: bool) -> ExperimentResult:
     rank, world = dist.rank_world()
     is_main = rank == 0
-    model = UNet.from_config(cfg.model).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = UNet.from_config(cfg.model).to(device=device, memory_format=torch.channels_last)
     train_model = model
     if world > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(
