@@ -114,6 +114,9 @@ def main() -> int:
     ap.add_argument("--datasets", nargs="+", default=["simulated", "real"],
                     choices=["simulated", "real"])
     ap.add_argument("--train-args", default="", help="extra selfpick train flags (tuning only)")
+    ap.add_argument("--from-accuracy", default=None, metavar="JSON",
+                    help="take the real-data runs from this bench/accuracy.py result (its 30 %% "
+                    "regime) instead of training them again")
     ap.add_argument("--work", default=None)
     ap.add_argument("--output", default=str(RESULTS / "selftraining.json"))
     args = ap.parse_args()
@@ -125,6 +128,15 @@ def main() -> int:
     for name in args.datasets:
         if name == "real" and not accuracy.DATA.is_dir():
             print(f"real data skipped: not at {accuracy.DATA}")
+            continue
+        if name == "real" and args.from_accuracy:
+            acc = json.loads(Path(args.from_accuracy).read_text())
+            for full in (r for r in acc["runs"] if r["regime"] == "30pct"):
+                r = {k: full[k] for k in ("train_seconds", "best_stage", "stages", "iteration_0",
+                                          "best", "seed")}
+                r["gain_f1"] = r["best"]["f1"] - r["iteration_0"]["f1"]
+                results.setdefault(name, []).append(r)
+            print(f"real: {len(results.get(name, []))} runs taken from {args.from_accuracy}")
             continue
         for seed in args.seeds:
             if name == "simulated":

@@ -38,7 +38,7 @@ def model_path(tiny_experiment) -> Path:
 
 @pytest.fixture(scope="module")
 def saved(model_path):
-    return load_model(model_path)
+    return load_model(model_path, inference=True)
 
 
 @pytest.fixture(scope="module")
