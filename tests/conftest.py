@@ -6,6 +6,7 @@ model share the session-scoped ``tiny_experiment`` instead of training their own
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -60,6 +61,16 @@ def tiny_config(data_dir: Path, output_dir: Path, **overrides):
     })
     cfg.update(overrides)
     return cfg
+
+
+@pytest.fixture(autouse=True)
+def _no_console_log_between_tests():
+    """``selfpick.cli.main`` installs a console log handler on the "selfpick" logger; drop it
+    after each test so one test's logging set-up never shapes another test's output."""
+    yield
+    logger = logging.getLogger("selfpick")
+    for handler in [h for h in logger.handlers if getattr(h, "_selfpick_console", False)]:
+        logger.removeHandler(handler)
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import errno
 import json
-import logging
 import os
 import shutil
 import signal
@@ -41,16 +40,6 @@ TINY_TRAIN = ["--initial-epochs", "1", "--self-training-iterations", "1", "--ret
               "1", "--crop-size", "64", "--crops-per-epoch", "8", "--batch-size", "4",
               "--downsample", "2", "--depth", "2", "--width", "8", "--device", "cpu",
               "--particle-diameter", "24"]
-
-
-@pytest.fixture(autouse=True)
-def _fresh_console_handler():
-    """Drop the console log handler ``cli.main`` installs (it is bound to this test's stderr)."""
-    yield
-    logger = logging.getLogger("selfpick")
-    for h in list(logger.handlers):
-        if getattr(h, "_selfpick_console", False):
-            logger.removeHandler(h)
 
 
 def _enospc(path="") -> OSError:

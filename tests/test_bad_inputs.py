@@ -22,7 +22,6 @@ command line and what those do not.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import warnings
@@ -42,16 +41,6 @@ TINY_TRAIN = ["--initial-epochs", "1", "--self-training-iterations", "0", "--cro
               "--crops-per-epoch", "8", "--batch-size", "4", "--downsample", "2", "--depth",
               "2", "--width", "8", "--device", "cpu", "--particle-diameter", "24"]
 FIRST = "sim_000"  # the micrograph a micrograph case breaks (it has labels)
-
-
-@pytest.fixture(autouse=True)
-def _fresh_console_handler():
-    """Drop the console log handler ``cli.main`` installs (it is bound to this test's stderr)."""
-    yield
-    logger = logging.getLogger("selfpick")
-    for h in list(logger.handlers):
-        if getattr(h, "_selfpick_console", False):
-            logger.removeHandler(h)
 
 
 @pytest.fixture(scope="module")

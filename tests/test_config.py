@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 
 import pytest
 
@@ -11,21 +10,6 @@ from selfpick.cli import build_parser
 from selfpick.cli import main as cli_main
 from selfpick.config import Config, config_from_args, load_config_file
 from selfpick.errors import InputError
-
-
-@pytest.fixture(autouse=True)
-def _console_log_follows_capsys():
-    """cli.setup_logging binds its console handler to the sys.stderr of the first call; capsys
-    swaps sys.stderr per test, so drop that handler around each test of this module."""
-
-    def drop():
-        logger = logging.getLogger("selfpick")
-        for h in [h for h in logger.handlers if getattr(h, "_selfpick_console", False)]:
-            logger.removeHandler(h)
-
-    drop()
-    yield
-    drop()
 
 
 def _train_args(*argv):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import pickle
 from pathlib import Path
@@ -14,20 +13,6 @@ import torch
 
 from selfpick import cli
 from selfpick.io.micrographs import micrograph_name
-
-
-@pytest.fixture(autouse=True)
-def _fresh_console_handler():
-    """Drop the console log handler ``cli.main`` installs, after each test.
-
-    It is bound to the ``sys.stderr`` of the test that created it (pytest's capture, closed
-    afterwards); later tests would otherwise log into a closed stream.
-    """
-    yield
-    logger = logging.getLogger("selfpick")
-    for h in list(logger.handlers):
-        if getattr(h, "_selfpick_console", False):
-            logger.removeHandler(h)
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 
 import numpy as np
 import pytest
@@ -19,22 +18,6 @@ ORIGINAL_FLAGS = ["--image-dir", "--coords-file", "--output-dir", "--initial-epo
 # The tiny_config settings (conftest) that the original script had no flags for.
 TINY = {"depth": 2, "width": 8, "crop_size": 64, "crops_per_epoch": 16, "downsample": 2.0,
         "val_fraction": 0.25, "seed": 0}
-
-
-@pytest.fixture(autouse=True)
-def _console_log_follows_capsys():
-    """cli.setup_logging adds its console handler once, bound to the sys.stderr of the moment;
-    in-process runs under capsys swap sys.stderr per test, so drop the handler around each
-    test (otherwise it writes to a closed capture of an earlier test)."""
-
-    def drop():
-        logger = logging.getLogger("selfpick")
-        for h in [h for h in logger.handlers if getattr(h, "_selfpick_console", False)]:
-            logger.removeHandler(h)
-
-    drop()
-    yield
-    drop()
 
 
 def test_help_lists_the_original_scripts_flags(capsys):

@@ -23,16 +23,6 @@ JOB = "External/job012"
 CTF_STAR = "CtfFind/job004/micrographs_ctf.star"
 
 
-@pytest.fixture(autouse=True)
-def _fresh_console_handler():
-    """Drop the console log handler ``cli.main`` installs (bound to this test's stderr)."""
-    yield
-    logger = logging.getLogger("selfpick")
-    for h in list(logger.handlers):
-        if getattr(h, "_selfpick_console", False):
-            logger.removeHandler(h)
-
-
 @pytest.fixture(scope="module")
 def model_path(tiny_experiment) -> Path:
     return tiny_experiment.output_dir / "best_model.pt"

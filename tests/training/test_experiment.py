@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import shutil
 from pathlib import Path
 
@@ -23,21 +22,6 @@ from selfpick.training.data import CropDataset
 from selfpick.training.experiment import run_training
 
 STAGES = ["iteration_0_supervised", "iteration_1_selftrain"]
-
-
-@pytest.fixture(autouse=True)
-def _console_log_follows_capsys():
-    """cli.setup_logging binds its console handler to the sys.stderr of the first call; capsys
-    swaps sys.stderr per test, so drop that handler around each test of this module."""
-
-    def drop():
-        logger = logging.getLogger("selfpick")
-        for h in [h for h in logger.handlers if getattr(h, "_selfpick_console", False)]:
-            logger.removeHandler(h)
-
-    drop()
-    yield
-    drop()
 
 
 def _snapshot(folder: Path) -> dict[str, tuple[str, int]]:

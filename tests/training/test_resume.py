@@ -12,7 +12,6 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
-import logging
 import os
 import re
 import shutil
@@ -34,21 +33,6 @@ RETRAIN_EPOCHS = 4
 # a minute: 64 crops of 64 px are about half a second per epoch on one core.
 CROPS_PER_EPOCH = 64
 TIMEOUT = 180  # seconds; only reached when something hangs
-
-
-@pytest.fixture(autouse=True)
-def _console_log_follows_capsys():
-    """cli.setup_logging binds its console handler to the sys.stderr of the first call; capsys
-    swaps sys.stderr per test, so drop that handler around each test of this module."""
-
-    def drop():
-        logger = logging.getLogger("selfpick")
-        for h in [h for h in logger.handlers if getattr(h, "_selfpick_console", False)]:
-            logger.removeHandler(h)
-
-    drop()
-    yield
-    drop()
 
 
 def _flags(data_dir: Path, out: Path) -> list[str]:

@@ -37,7 +37,7 @@ from selfpick.model.modelfile import SavedModel, load_model
 from selfpick.picking.inference import predict_probability
 from selfpick.picking.peaks import find_peaks, score_map
 from selfpick.preprocess import Scale, preprocess
-from selfpick.utils.atomic import atomic_write_json, os_error_to_output_error
+from selfpick.utils.atomic import atomic_write_json, ensure_writable_dir
 from selfpick.utils.runtime import resolve_device
 
 log = logging.getLogger("selfpick")
@@ -197,16 +197,6 @@ def _output_plan(opts: PickOptions) -> tuple[bool, str]:
     return per, fmt
 
 
-def _check_output_dir(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".selfpick-write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise os_error_to_output_error(exc, out) from exc
-
-
 def _per_micrograph_target(out: Path, name: str, fmt: str, suffix: str) -> Path:
     ext = coordio.FORMAT_EXTENSIONS[fmt]
     sfx = suffix if fmt == "star" else ""
@@ -233,7 +223,7 @@ def pick(model_path: str | os.PathLike, images, output: str | os.PathLike,
     saved = load_model(model_path, device, inference=True)
     out = Path(output)
     out_existed = out.exists()
-    _check_output_dir(out)
+    ensure_writable_dir(out)
     threshold = saved.threshold if opts.threshold is None else float(opts.threshold)
     edge = opts.edge_margin if opts.edge_margin is not None else saved.config.pick.edge_margin
     box = opts.box_size or saved.particle_diameter

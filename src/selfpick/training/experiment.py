@@ -47,7 +47,7 @@ from selfpick.training.pseudolabels import (PseudoLabelStats, label_shares, peak
                                             pixel_pseudo_labels, score_for_precision,
                                             threshold_schedule)
 from selfpick.training.validate import ValidationResult, predict_micrographs, validate
-from selfpick.utils.atomic import atomic_path, atomic_write_json
+from selfpick.utils.atomic import atomic_path, atomic_write_json, ensure_writable_dir
 from selfpick.utils.runtime import resolve_device, seed_everything, versions
 
 log = logging.getLogger("selfpick")
@@ -96,15 +96,7 @@ def _prepare_folder(out: Path, resume: bool, overwrite: bool) -> bool:
                     shutil.rmtree(child)
                 else:
                     child.unlink()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".selfpick-write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        from selfpick.utils.atomic import os_error_to_output_error
-
-        raise os_error_to_output_error(exc, out) from exc
+    ensure_writable_dir(out)
     if resume:
         log.info("nothing to resume in %s: starting a new experiment", out)
     return False

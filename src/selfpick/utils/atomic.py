@@ -37,6 +37,19 @@ def os_error_to_output_error(exc: OSError, path: str | os.PathLike) -> OutputErr
     return OutputError(f"cannot write ({exc.strerror or exc})", path)
 
 
+def ensure_writable_dir(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` if needed and prove it can be written, before any long work starts."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".selfpick-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise os_error_to_output_error(exc, folder) from exc
+    return folder
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it is renamed to ``path``.
