@@ -227,7 +227,6 @@ def pick(model_path: str | os.PathLike, images, output: str | os.PathLike,
     threshold = saved.threshold if opts.threshold is None else float(opts.threshold)
     edge = opts.edge_margin if opts.edge_margin is not None else saved.config.pick.edge_margin
     box = opts.box_size or saved.particle_diameter
-    names = {micrograph_name(p): p for p in paths}
     summary = PickSummary()
     todo = paths
     if opts.skip_existing and per_mic:

@@ -25,7 +25,6 @@ import datetime as _dt
 import json
 import logging
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +37,6 @@ from selfpick.errors import OutputError, SelfpickError
 from selfpick.model.losses import CombinedLoss
 from selfpick.model.modelfile import load_model, save_model
 from selfpick.model.unet import UNet
-from selfpick.targets import IGNORE, NEGATIVE, POSITIVE
 from selfpick.training import distributed as dist
 from selfpick.training.data import (CropDataset, TrainingMicrograph, TrainingSet,
                                     default_crops_per_epoch, load_training_set)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -370,4 +370,38 @@ def write_star_file(blocks: Any, path: str | os.PathLike, **kwargs: Any) -> None
     if lines and lines[0].startswith("# Created by the starfile"):
         text = "# Written by selfpick\n" + "".join(lines[1:])
         Path(path).write_text(text, encoding="utf-8")
+
+
+def read_point_table(
+    path: str | os.PathLike,
+    *,
+    x: str,
+    y: str,
+    what: str,
+    score: str | None = None,
+    diameters: Sequence[str] = (),
+    name: str | None = None,
+) -> pd.DataFrame:
+    """Read a delimited table of centres into a pick table.
+
+    ``x`` and ``y`` are required columns; ``score``, the first of ``diameters`` present and
+    ``name`` (the micrograph column; else the file's stem) are used when the file has them.
+    ``what`` names the format in the error for missing columns.
+    """
+    text = read_text(path)
+    if not text.strip():
+        return empty_picks()
+    df = read_table(path, text)
+    require_columns(df, [x, y], path, what)
+    if df.empty:
+        return empty_picks()
+
+    def column(col: str, required: bool) -> np.ndarray:
+        return parse_floats(df[col], col, path, required=required, row_label="data row")
+
+    scores = column(score, False) if score and score in df.columns else None
+    dcol = next((c for c in diameters if c in df.columns), None)
+    diam = column(dcol, False) if dcol else None
+    names = coordinate_names(df[name]) if name and name in df.columns else file_stem_name(path)
+    return build_table(names, column(x, True), column(y, True), scores, diam)
 

@@ -19,17 +19,10 @@ import numpy as np
 import pandas as pd
 
 from selfpick.io.formats._common import (
-    build_table,
-    coordinate_names,
-    empty_picks,
-    file_stem_name,
+    read_point_table,
     fmt_float,
     header_line,
     one_micrograph,
-    parse_floats,
-    read_table,
-    read_text,
-    require_columns,
     split_header,
 )
 from selfpick.utils.atomic import atomic_write_text
@@ -42,23 +35,9 @@ X, Y, DIAMETER, MIC = "X-Coordinate", "Y-Coordinate", "Diameter", "Micrographs F
 
 
 def read(path: str | os.PathLike) -> pd.DataFrame:
-    text = read_text(path)
-    if not text.strip():
-        return empty_picks()
-    df = read_table(path, text)
-    require_columns(df, [X, Y], path, "a CryoPPP CSV")
-    if df.empty:
-        return empty_picks()
-    label = "data row"
-    x = parse_floats(df[X], X, path, required=True, row_label=label)
-    y = parse_floats(df[Y], Y, path, required=True, row_label=label)
-    diameter = (
-        parse_floats(df[DIAMETER], DIAMETER, path, required=False, row_label=label)
-        if DIAMETER in df.columns
-        else None
+    return read_point_table(
+        path, x=X, y=Y, what="a CryoPPP CSV", diameters=(DIAMETER,), name=MIC,
     )
-    names = coordinate_names(df[MIC]) if MIC in df.columns else file_stem_name(path)
-    return build_table(names, x, y, None, diameter)
 
 
 def write(picks: pd.DataFrame, path: str | os.PathLike, *, box_size: float | None = None) -> None:

@@ -15,15 +15,8 @@ import numpy as np
 import pandas as pd
 
 from selfpick.io.formats._common import (
-    build_table,
-    coordinate_names,
-    empty_picks,
-    file_stem_name,
+    read_point_table,
     header_line,
-    parse_floats,
-    read_table,
-    read_text,
-    require_columns,
     split_header,
 )
 from selfpick.utils.atomic import atomic_write_text
@@ -36,30 +29,10 @@ DIAMETER_NAMES = ("diameter", "diameter_px")
 
 
 def read(path: str | os.PathLike) -> pd.DataFrame:
-    text = read_text(path)
-    if not text.strip():
-        return empty_picks()
-    df = read_table(path, text)
-    require_columns(df, ["x", "y"], path, "a selfpick CSV (micrograph,x,y,score)")
-    if df.empty:
-        return empty_picks()
-    label = "data row"
-    x = parse_floats(df["x"], "x", path, required=True, row_label=label)
-    y = parse_floats(df["y"], "y", path, required=True, row_label=label)
-    score = (
-        parse_floats(df["score"], "score", path, required=False, row_label=label)
-        if "score" in df.columns
-        else None
+    return read_point_table(
+        path, x="x", y="y", what="a selfpick CSV (micrograph,x,y,score)", score="score",
+        diameters=DIAMETER_NAMES, name="micrograph",
     )
-    dcol = next((c for c in DIAMETER_NAMES if c in df.columns), None)
-    diameter = (
-        parse_floats(df[dcol], dcol, path, required=False, row_label=label) if dcol else None
-    )
-    if "micrograph" in df.columns:
-        names = coordinate_names(df["micrograph"])
-    else:
-        names = file_stem_name(path)
-    return build_table(names, x, y, score, diameter)
 
 
 def write(picks: pd.DataFrame, path: str | os.PathLike, *, box_size: float | None = None) -> None:

@@ -19,16 +19,9 @@ import numpy as np
 import pandas as pd
 
 from selfpick.io.formats._common import (
-    build_table,
-    coordinate_names,
-    empty_picks,
-    file_stem_name,
+    read_point_table,
     fmt_float,
     header_line,
-    parse_floats,
-    read_table,
-    read_text,
-    require_columns,
     split_header,
 )
 from selfpick.utils.atomic import atomic_write_text
@@ -41,26 +34,10 @@ COORD_DECIMALS = 2
 
 
 def read(path: str | os.PathLike) -> pd.DataFrame:
-    text = read_text(path)
-    if not text.strip():
-        return empty_picks()
-    df = read_table(path, text)
-    require_columns(df, ["x_coord", "y_coord"], path, "a Topaz coordinate file")
-    if df.empty:
-        return empty_picks()
-    label = "data row"
-    x = parse_floats(df["x_coord"], "x_coord", path, required=True, row_label=label)
-    y = parse_floats(df["y_coord"], "y_coord", path, required=True, row_label=label)
-    score = (
-        parse_floats(df["score"], "score", path, required=False, row_label=label)
-        if "score" in df.columns
-        else None
+    return read_point_table(
+        path, x="x_coord", y="y_coord", what="a Topaz coordinate file", score="score",
+        name="image_name",
     )
-    if "image_name" in df.columns:
-        names = coordinate_names(df["image_name"])
-    else:
-        names = file_stem_name(path)
-    return build_table(names, x, y, score)
 
 
 def write(picks: pd.DataFrame, path: str | os.PathLike, *, box_size: float | None = None) -> None:
