@@ -4,8 +4,9 @@
 Trains with 30 % of the particles labelled (a seeded random subset per micrograph, as a
 hurried hand-picker gives) and scores held-out micrographs against their COMPLETE truth:
 
-- simulated: ``selfpick simulate`` data (hard default SNR), 10 training micrographs with 30 %
-  labels and 4 held-out micrographs;
+- simulated: ``selfpick simulate`` data, 10 training micrographs with 30 % labels and 4
+  held-out micrographs, at the simulator's default SNR (0.08) and at a harder one (0.03,
+  "simulated-hard");
 - real: EMPIAR-10017 (10 training / 5 held-out micrographs, as in bench/accuracy.py), skipped
   when ../shared/data/real is absent.
 
@@ -39,24 +40,27 @@ import accuracy  # noqa: E402  (the real-data runner is shared)
 RESULTS = accuracy.RESULTS
 SIM_DIAMETER = 40
 SIM_TRAIN, SIM_TEST = 10, 4
+SNR = {"simulated": None, "simulated-hard": 0.03}  # None: the simulator's default
 
 
-def simulated_run(work: Path, seed: int, train_args: list[str]) -> dict:
+def simulated_run(work: Path, seed: int, train_args: list[str], name: str = "simulated") -> dict:
     """One seed on simulated data: labels 30 %, truth complete, 4 held-out micrographs."""
-    data = work / f"sim_{seed}"
-    log_path = work / f"log_sim_{seed}.txt"
+    tag = f"{name}_{seed}"
+    data = work / f"sim_{tag}"
+    log_path = work / f"log_{tag}.txt"
+    snr = [] if SNR[name] is None else ["--snr", str(SNR[name])]
     if not (data / "simulation.json").exists():
         accuracy.run(accuracy.selfpick() + [
             "simulate", "--output", str(data), "--n-micrographs", str(SIM_TRAIN + SIM_TEST),
             "--diameter", str(SIM_DIAMETER), "--label-fraction", "0.3", "--seed", str(100 + seed),
-            "--overwrite", "-q"], log_path)
+            *snr, "--overwrite", "-q"], log_path)
     mics = sorted((data / "micrographs").glob("*.mrc"))
     train, test = mics[:SIM_TRAIN], mics[SIM_TRAIN:]
     lists = {}
     for key, subset in (("train", train), ("test", test)):
-        lists[key] = work / f"sim_{seed}_{key}.txt"
+        lists[key] = work / f"sim_{tag}_{key}.txt"
         lists[key].write_text("\n".join(str(p) for p in subset) + "\n")
-    exp = work / f"exp_sim_{seed}"
+    exp = work / f"exp_{tag}"
     if exp.exists():
         shutil.rmtree(exp)
     t = accuracy.run(accuracy.selfpick() + [
@@ -111,8 +115,8 @@ def table(results: dict) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--datasets", nargs="+", default=["simulated", "real"],
-                    choices=["simulated", "real"])
+    ap.add_argument("--datasets", nargs="+", default=["simulated", "simulated-hard", "real"],
+                    choices=["simulated", "simulated-hard", "real"])
     ap.add_argument("--train-args", default="", help="extra selfpick train flags (tuning only)")
     ap.add_argument("--from-accuracy", default=None, metavar="JSON",
                     help="take the real-data runs from this bench/accuracy.py result (its 30 %% "
@@ -139,8 +143,8 @@ def main() -> int:
             print(f"real: {len(results.get(name, []))} runs taken from {args.from_accuracy}")
             continue
         for seed in args.seeds:
-            if name == "simulated":
-                r = simulated_run(work, seed, train_args)
+            if name.startswith("simulated"):
+                r = simulated_run(work, seed, train_args, name)
             else:
                 full = accuracy.one_run(work, "30pct", seed, train_args)
                 r = {"train_seconds": full["train_seconds"], "best_stage": full["best_stage"],
