@@ -32,6 +32,7 @@ import torch
 
 from selfpick import cli
 from selfpick.errors import OutputError
+from selfpick.model import modelfile
 from selfpick.model.modelfile import load_model
 from selfpick.utils.atomic import atomic_path, atomic_write_json, atomic_write_text
 
@@ -117,24 +118,18 @@ def test_permissions_follow_the_umask(tmp_path, umask, mode):
 
 
 def test_an_interrupted_model_save_leaves_no_model_file(tmp_path, monkeypatch):
-    """torch.save dies half-way (Ctrl-C): no model.pt that --resume would take as complete."""
+    """The write dies half-way (Ctrl-C): no model.pt that --resume would take as complete."""
     from selfpick.config import Config
     from selfpick.model import modelfile
     from selfpick.model.unet import UNet
 
-    real_save = torch.save
-
-    def half_then_interrupt(obj, f, *args, **kwargs):
-        real_save(obj, f, *args, **kwargs)
-        if hasattr(f, "truncate"):
-            f.truncate(100)
-        else:
-            os.truncate(f, 100)
+    def half_then_interrupt(path, data):
+        Path(path).write_bytes(bytes(data)[: len(data) // 2])
         raise KeyboardInterrupt
 
     cfg = Config()
     cfg.update({"depth": 2, "width": 8})
-    monkeypatch.setattr(modelfile.torch, "save", half_then_interrupt)
+    monkeypatch.setattr(modelfile, "_write_durably", half_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
         modelfile.save_model(tmp_path / "model.pt", UNet.from_config(cfg.model), cfg, 24, 2, 0.5)
     assert list(tmp_path.iterdir()) == []
@@ -217,19 +212,18 @@ def _check_experiment_is_consistent(out: Path) -> list[str]:
 def test_disk_full_at_a_stage_model_keeps_earlier_stages_and_resume_finishes(
         tiny_data, tmp_path, monkeypatch, capsys):
     out = tmp_path / "exp"
-    real_save = torch.save
+    real_write = modelfile._write_durably
     failed = []
 
-    def full_disk_at_stage_1(obj, f, *args, **kwargs):
-        name = str(getattr(f, "name", f))
+    def full_disk_at_stage_1(path, data):
+        name = str(path)
         if f"{SELFTRAIN}{os.sep}.model.pt." in name:
-            if hasattr(f, "write"):
-                f.write(b"PK\x03\x04 the first bytes of a model")
+            Path(path).write_bytes(b"PK\x03\x04 the first bytes of a model")
             failed.append(name)
             raise _enospc(name)
-        return real_save(obj, f, *args, **kwargs)
+        return real_write(path, data)
 
-    monkeypatch.setattr(torch, "save", full_disk_at_stage_1)
+    monkeypatch.setattr(modelfile, "_write_durably", full_disk_at_stage_1)
     code = cli.main(_train_argv(tiny_data.output_dir, out))
     _, err = capsys.readouterr()
     assert code == 2, err
@@ -242,7 +236,7 @@ def test_disk_full_at_a_stage_model_keeps_earlier_stages_and_resume_finishes(
     assert not (out / "best_model.pt").exists() and not (out / "final_model.pt").exists()
     stage0 = (out / SUPERVISED / "model.pt").read_bytes()
 
-    monkeypatch.setattr(torch, "save", real_save)  # space freed
+    monkeypatch.setattr(modelfile, "_write_durably", real_write)  # space freed
     code = cli.main(["train", "-q", "--output-dir", str(out), "--resume"])
     _, err = capsys.readouterr()
     assert code == 0, err

@@ -83,6 +83,9 @@ class ModelConfig:
     norm: str = opt("batch", "normalisation layers (per-image norms such as group norm are "
                     "not offered: they would make tiled picking differ from whole-image "
                     "picking)", choices=("batch", "none"))
+    skip: str = opt("add", "how the decoder joins coarse and fine features: 'add' (1x1 "
+                    "projection, upsample, add: about a third faster) or 'concat' (classic "
+                    "U-Net)", choices=("add", "concat"))
 
 
 @dataclass
@@ -184,6 +187,20 @@ class Config:
         cfg.update(d, source=source)
         return cfg
 
+    @classmethod
+    def from_saved(cls, d: dict[str, Any], source: str | os.PathLike | None = None) -> "Config":
+        """A configuration saved by selfpick itself (model file, experiment ``config.json``).
+
+        Settings added since the file was written take the value that reproduces how it was
+        made, not today's default (see :data:`SAVED_BEFORE`).
+        """
+        d = {k: (dict(v) if isinstance(v, dict) else v) for k, v in d.items()}
+        for section, values in SAVED_BEFORE.items():
+            if isinstance(d.get(section), dict):
+                for key, value in values.items():
+                    d[section].setdefault(key, value)
+        return cls.from_dict(d, source=source)
+
     def update(self, d: dict[str, Any], source: str | os.PathLike | None = None) -> None:
         """Apply flat (``{"initial_epochs": 5}``) or nested (``{"train": {...}}``) settings.
 
@@ -218,6 +235,10 @@ class Config:
 
 
 SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
+
+# What a saved configuration that lacks a setting meant when it was written: the U-Net's
+# decoder concatenated its skip connections until the "skip" setting was added.
+SAVED_BEFORE: dict[str, dict[str, Any]] = {"model": {"skip": "concat"}}
 
 
 def _field_index() -> dict[str, tuple[str, dataclasses.Field]]:

@@ -196,3 +196,21 @@ def test_weights_that_do_not_fit_the_architecture_are_refused(tmp_path):
     torch.save(payload, path)
     with pytest.raises(ModelFileError, match="damaged or inconsistent"):
         load_model(path)
+
+
+def test_a_model_saved_before_the_skip_setting_loads_as_the_concatenating_unet(tmp_path):
+    # Model files written by selfpick 0.1 have no "skip" in their config and concatenating
+    # decoder weights; they must keep working after the default changed to "add".
+    cfg = _config()
+    cfg.update({"skip": "concat"})
+    net = _trained_looking_model(cfg)
+    payload = model_payload(net, cfg, particle_diameter=24.0, downsample=2.5, threshold=0.4,
+                            min_distance=0.5)
+    del payload["config"]["model"]["skip"]
+    path = tmp_path / "old.pt"
+    torch.save(payload, path)
+    loaded = load_model(path)
+    assert loaded.config.model.skip == "concat"
+    x = torch.randn(1, 1, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(x), net(x), rtol=0, atol=1e-5)

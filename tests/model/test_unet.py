@@ -15,9 +15,10 @@ from selfpick.model.unet import UNet
 
 @pytest.mark.parametrize("depth", [1, 2, 3])
 @pytest.mark.parametrize("norm", ["batch", "none"])
-def test_output_shape_equals_input_shape(depth, norm):
+@pytest.mark.parametrize("skip", ["add", "concat"])
+def test_output_shape_equals_input_shape(depth, norm, skip):
     torch.manual_seed(0)
-    net = UNet(depth=depth, width=4, norm=norm).eval()
+    net = UNet(depth=depth, width=4, norm=norm, skip=skip).eval()
     m = net.multiple
     assert m == 2**depth
     # Square and non-square inputs, several multiples of 2**depth, batch of 2.
@@ -84,3 +85,39 @@ def test_default_model_config_builds_a_small_network():
     assert n_params < 5_000_000
     with torch.no_grad():
         assert net.eval()(torch.randn(1, 1, 32, 32)).shape == (1, 1, 32, 32)
+
+
+@pytest.mark.parametrize("skip", ["add", "concat"])
+def test_fused_copy_gives_the_same_output(skip):
+    torch.manual_seed(3)
+    net = UNet(depth=2, width=4, skip=skip)
+    net(torch.randn(4, 1, 32, 32))  # one training-mode pass: BatchNorm statistics move
+    net.eval()
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(net.fused()(x), net(x), rtol=1e-4, atol=1e-4)
+
+
+def test_additive_decoder_is_smaller_than_concatenating_one():
+    add, cat = UNet(3, 8, skip="add"), UNet(3, 8, skip="concat")
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(add) < count(cat)
+    # the 3x3 decoder convolutions see only the fine level's channels
+    assert all(block[0].in_channels == block[0].out_channels for block in add.up)
+
+
+def test_unknown_skip_mode_is_refused():
+    with pytest.raises(ValueError):
+        UNet(skip="multiply")
+    with pytest.raises(InputError):
+        Config().update({"skip": "multiply"})
+
+
+def test_saved_configs_without_the_skip_setting_mean_concat():
+    # Models and experiments saved before the setting existed were concatenating U-Nets;
+    # a user's own settings file still gets today's default.
+    old = Config().to_dict()
+    del old["model"]["skip"]
+    assert Config.from_saved(old).model.skip == "concat"
+    assert Config.from_dict(old).model.skip == "add"
+    assert Config.from_saved(Config().to_dict()).model.skip == "add"

@@ -24,6 +24,7 @@ Everything needed to pick with the model is inside: no flags to remember.
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import os
 import pickle
 from dataclasses import dataclass, field
@@ -92,12 +93,20 @@ def save_model(path: str | os.PathLike, model: torch.nn.Module, config: Config,
     payload = model_payload(model, config, particle_diameter, downsample, threshold,
                             min_distance, stage, metrics)
     with atomic_path(path) as tmp:
-        # Through a Python file object: on a full disk torch.save(payload, <path>) fails with a
-        # RuntimeError from its C++ writer, a file object gives the OSError atomic_path reports.
-        with open(tmp, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
+        # Serialised in memory first (models are a few MB at most), then written by Python:
+        # on a full disk torch.save's own C++ writer fails with a RuntimeError that hides the
+        # OSError ("no space left") atomic_path reports to the user.
+        buf = io.BytesIO()
+        torch.save(payload, buf)
+        _write_durably(tmp, buf.getbuffer())
+
+
+def _write_durably(path: Path, data) -> None:
+    """Write ``data`` (bytes-like) to ``path`` and flush it to the disk."""
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
@@ -135,7 +144,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
             path,
         )
     try:
-        config = Config.from_dict(payload["config"], source=path)
+        config = Config.from_saved(payload["config"], source=path)
         model = UNet.from_config(config.model)
         model.load_state_dict(payload["state_dict"])
         saved = SavedModel(

@@ -37,17 +37,37 @@ class UNet(nn.Module):
 
     Input ``(B, 1, H, W)`` with ``H`` and ``W`` multiples of ``2**depth`` (see
     :attr:`multiple`); output logits ``(B, 1, H, W)``.
+
+    ``skip`` says how the decoder joins the upsampled coarse features with the encoder's:
+    ``"add"`` first maps the coarse features to the finer level's channel count with a 1x1
+    convolution (at the coarse resolution, where it is cheap), upsamples and adds;
+    ``"concat"`` (the classic U-Net, and selfpick's models before version 0.2) upsamples all
+    coarse channels and concatenates. The decoder's 3x3 convolutions then see half or a third
+    of the input channels: "add" makes CPU picking about a third faster at the same accuracy
+    (``bench/NOTES.md``).
     """
 
-    def __init__(self, depth: int = 3, width: int = 16, norm: str = "batch"):
+    def __init__(self, depth: int = 3, width: int = 16, norm: str = "batch", skip: str = "add"):
         super().__init__()
+        if skip not in ("add", "concat"):
+            raise ValueError(f"skip must be 'add' or 'concat', not {skip!r}")
         self.depth = depth
+        self.skip = skip
         chans = [width * 2**i for i in range(depth + 1)]
         self.inc = DoubleConv(1, chans[0], norm)
         self.down = nn.ModuleList(DoubleConv(chans[i], chans[i + 1], norm) for i in range(depth))
-        self.up = nn.ModuleList(
-            DoubleConv(chans[i + 1] + chans[i], chans[i], norm) for i in reversed(range(depth))
-        )
+        if skip == "add":
+            self.reduce = nn.ModuleList(
+                nn.Conv2d(chans[i + 1], chans[i], 1) for i in reversed(range(depth))
+            )
+            self.up = nn.ModuleList(
+                DoubleConv(chans[i], chans[i], norm) for i in reversed(range(depth))
+            )
+        else:
+            self.reduce = None
+            self.up = nn.ModuleList(
+                DoubleConv(chans[i + 1] + chans[i], chans[i], norm) for i in reversed(range(depth))
+            )
         self.head = nn.Conv2d(chans[0], 1, 1)
         nn.init.constant_(self.head.bias, math.log(_PRIOR / (1 - _PRIOR)))
 
@@ -60,10 +80,12 @@ class UNet(nn.Module):
         for block in self.down:
             skips.append(block(F.max_pool2d(skips[-1], 2)))
         y = skips.pop()
-        for block in self.up:
+        for level, block in enumerate(self.up):
             skip = skips.pop()
+            if self.reduce is not None:
+                y = self.reduce[level](y)
             y = F.interpolate(y, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-            y = block(torch.cat([y, skip], dim=1))
+            y = block(y + skip if self.reduce is not None else torch.cat([y, skip], dim=1))
         return self.head(y)
 
     def fused(self) -> "UNet":
@@ -86,4 +108,4 @@ class UNet(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> "UNet":
-        return cls(cfg.depth, cfg.width, cfg.norm)
+        return cls(cfg.depth, cfg.width, cfg.norm, cfg.skip)

@@ -1,10 +1,13 @@
 """Picking: micrographs in, particle coordinates out.
 
 The model file says how to preprocess, the particle size, and the threshold. Micrographs are
-read and preprocessed by DataLoader workers while the network runs, one micrograph at a time
-in memory per worker, and each micrograph's picks are written (atomically) as soon as they are
-found -- so memory stays flat however many micrographs there are, and an interrupted job can
-continue with ``skip_existing``.
+read and preprocessed ahead while the network runs (by a background thread, or by DataLoader
+worker processes with ``workers > 0``), one or two micrographs at a time, and each
+micrograph's picks are written (atomically, also in the background) as soon as they are found
+-- so memory stays flat however many micrographs there are, and an interrupted job can
+continue with ``skip_existing``. Reading (a memory copy), the FFTs of downsampling and the
+coordinate writing all release the GIL, so on a 2-core machine they overlap with the network
+instead of adding to it.
 
 Outputs (``fmt``):
 
@@ -22,6 +25,8 @@ import logging
 import os
 import re
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -144,6 +149,52 @@ def _collate(items):
     return items
 
 
+def _read_ahead(dataset: _MicrographStream, ahead: int = 1):
+    """Yield ``dataset[i]`` in order while a background thread prepares the next ``ahead``."""
+    n = len(dataset)
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="selfpick-read")
+    try:
+        pending = deque(pool.submit(dataset.__getitem__, i) for i in range(min(n, ahead + 1)))
+        nxt = len(pending)
+        while pending:
+            item = pending.popleft().result()
+            if nxt < n:
+                pending.append(pool.submit(dataset.__getitem__, nxt))
+                nxt += 1
+            yield item
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+class _BackgroundWriter:
+    """Runs coordinate writes on a background thread, one at a time.
+
+    A write overlaps with the next micrograph's network pass; before the next write is
+    queued the previous one must have succeeded, so an error (a full disk) stops the job
+    with no later micrograph's file written.
+    """
+
+    def __init__(self):
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="selfpick-write")
+        self.pending: deque = deque()
+
+    def submit(self, fn, *args, **kwargs) -> None:
+        while self.pending:
+            self.pending.popleft().result()
+        self.pending.append(self.pool.submit(fn, *args, **kwargs))
+
+    def close(self, quiet: bool = False) -> None:
+        try:
+            while self.pending:
+                future = self.pending.popleft()
+                if quiet:
+                    future.exception()  # waits; the error is dropped
+                else:
+                    future.result()
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=not quiet)
+
+
 def pick_image(saved: SavedModel, image: torch.Tensor | np.ndarray, scale: Scale,
                original_shape: tuple[int, int], device: torch.device, threshold: float,
                edge_margin: float = 0.0, min_distance: float | None = None,
@@ -237,10 +288,14 @@ def pick(model_path: str | os.PathLike, images, output: str | os.PathLike,
     if workers < 0:
         workers = 0 if device.type == "cpu" and (os.cpu_count() or 1) <= 2 else min(
             4, max(1, (os.cpu_count() or 2) - 1))
-    loader = torch.utils.data.DataLoader(
-        _MicrographStream(todo, saved), batch_size=1, shuffle=False, num_workers=workers,
-        collate_fn=_collate, prefetch_factor=2 if workers else None,
-        pin_memory=False, persistent_workers=False)
+    stream = _MicrographStream(todo, saved)
+    if workers > 0:
+        loader = torch.utils.data.DataLoader(
+            stream, batch_size=1, shuffle=False, num_workers=workers, collate_fn=_collate,
+            prefetch_factor=2, pin_memory=False, persistent_workers=False)
+        items = (item for batch in loader for item in batch)
+    else:
+        items = _read_ahead(stream)
     log.info("picking %d micrograph(s) with %s (threshold %.3f%s, particle %.0f px, "
              "x%.2f downsampling) on %s", len(todo), model_path, threshold,
              "" if opts.threshold is None else " from --threshold", saved.particle_diameter,
@@ -249,8 +304,9 @@ def pick(model_path: str | os.PathLike, images, output: str | os.PathLike,
     index_rows: list[tuple[str, str]] = []
     t0 = time.perf_counter()
     bar = tqdm(total=len(todo), desc="Picking", unit="mic", disable=not progress or None)
-    for batch in loader:
-        for item in batch:
+    writer = _BackgroundWriter()
+    try:
+        for item in items:
             path = todo[item["index"]]
             name = micrograph_name(path)
             if item["error"]:
@@ -269,14 +325,24 @@ def pick(model_path: str | os.PathLike, images, output: str | os.PathLike,
             summary.n_micrographs += 1
             if per_mic:
                 target = _per_micrograph_target(out, name, fmt, opts.suffix)
-                coordio.write_per_micrograph(table, out, fmt, box_size=box,
-                                             suffix=opts.suffix if fmt == "star" else "",
-                                             micrograph_paths={name: path})
+                writer.submit(coordio.write_per_micrograph, table, out, fmt, box_size=box,
+                              suffix=opts.suffix if fmt == "star" else "",
+                              micrograph_paths={name: path})
                 index_rows.append((str(path), str(target)))
             else:
                 combined.append(table)
             bar.update(1)
             bar.set_postfix(picks=len(table))
+    except BaseException:
+        # Let the writes already made finish (their files are complete), but report the
+        # error that stopped the loop, not a later one.
+        writer.close(quiet=True)
+        raise
+    else:
+        writer.close()
+    finally:
+        if hasattr(items, "close"):
+            items.close()
     bar.close()
     summary.seconds = time.perf_counter() - t0
     shard_tag = f"_shard{shard[0]}of{shard[1]}" if shard else ""

@@ -154,7 +154,7 @@ RESUME_CHANGEABLE = frozenset({"self_training_iterations", "retrain_epochs", "de
 def _resolve_resume_config(out: Path, cfg: Config, explicit: set[str] | None) -> Config:
     """On --resume the experiment's saved settings win; only run-time settings the user gave
     explicitly (``explicit``; ``None`` = those differing from the defaults) may change."""
-    saved = Config.from_dict(load_config_file(out / "config.json"), source=out / "config.json")
+    saved = Config.from_saved(load_config_file(out / "config.json"), source=out / "config.json")
     new, old, default = cfg.flat(), saved.flat(), Config().flat()
     if explicit is None:
         explicit = {k for k, v in new.items() if v != default.get(k)}
