@@ -417,3 +417,15 @@ def test_picking_onto_a_real_full_disk(small_disk, untrained_model, tiny_data, c
     assert "no space left" in line and str(out) in line, line
     assert _leftovers(disk) == []
     assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_many_processes_may_check_the_same_output_folder_at_once(tmp_path):
+    # torchrun ranks and SLURM array tasks all start by checking the shared output folder.
+    from concurrent.futures import ThreadPoolExecutor
+
+    from selfpick.utils.atomic import ensure_writable_dir
+
+    folder = tmp_path / "picks"
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: ensure_writable_dir(folder), range(400)))
+    assert list(folder.iterdir()) == []

@@ -108,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USER_ERROR
     setup_logging(args.quiet, args.verbose)
+    from selfpick.utils.runtime import tune_allocator
+
+    tune_allocator()
     try:
         result = args._main(args)
     except SelfpickError as exc:

@@ -16,6 +16,7 @@ particles and measurably reduced recall.
 from __future__ import annotations
 
 import numpy as np
+import scipy.ndimage
 import torch
 import torch.nn.functional as F
 from scipy.spatial import cKDTree
@@ -32,6 +33,13 @@ def smooth(prob: torch.Tensor, sigma: float) -> torch.Tensor:
     """Separable Gaussian blur of a ``(H, W)`` map (sigma in model pixels; 0 = no blur)."""
     if sigma <= 0:
         return prob
+    if prob.device.type == "cpu":
+        # scipy's separable filter is several times faster on a CPU than a one-channel
+        # convolution (same kernel radius, same edge handling).
+        r = max(1, int(np.ceil(3 * sigma)))
+        out = scipy.ndimage.gaussian_filter(prob.float().numpy(), sigma, mode="nearest",
+                                            radius=r)
+        return torch.from_numpy(out)
     k = gaussian_kernel1d(sigma, prob.device)
     r = (k.numel() - 1) // 2
     x = prob[None, None].float()

@@ -46,7 +46,7 @@ from selfpick.training.pseudolabels import (PseudoLabelStats, label_shares, peak
                                             threshold_schedule)
 from selfpick.training.validate import ValidationResult, predict_micrographs, validate
 from selfpick.utils.atomic import atomic_path, atomic_write_json, ensure_writable_dir
-from selfpick.utils.runtime import resolve_device, seed_everything, versions
+from selfpick.utils.runtime import resolve_device, seed_everything, tune_allocator, versions
 
 log = logging.getLogger("selfpick")
 
@@ -249,6 +249,7 @@ def run_training(cfg: Config, resume: bool = False, overwrite: bool = False,
     """
     if not cfg.train.output_dir:
         raise SelfpickError("no experiment folder given: use --output-dir")
+    tune_allocator()
     out = Path(cfg.train.output_dir)
     dev_kind = "cuda" if cfg.train.device.startswith("cuda") or (
         cfg.train.device == "auto" and torch.cuda.is_available()) else "cpu"

@@ -42,9 +42,11 @@ def ensure_writable_dir(folder: str | os.PathLike) -> Path:
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".selfpick-write-test"
-        probe.write_text("")
-        probe.unlink()
+        # A name of its own: several processes (torchrun ranks, array jobs) may probe the
+        # same folder at once.
+        fd, probe = tempfile.mkstemp(prefix=".selfpick-write-test-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
     except OSError as exc:
         raise os_error_to_output_error(exc, folder) from exc
     return folder
