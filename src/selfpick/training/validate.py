@@ -114,6 +114,15 @@ def local_precision(is_tp: np.ndarray, completeness: float) -> np.ndarray:
     return np.minimum(1.0, fit / c)
 
 
+def _between(thresholds: np.ndarray, k: int) -> float:
+    """A threshold that keeps exactly the picks of ``thresholds[k]`` (scores descending):
+    midway to the next lower score, not at a pick's own score, where float rounding on
+    another machine or thread count would decide whether that pick is kept."""
+    if k + 1 < len(thresholds):
+        return float(0.5 * (thresholds[k] + thresholds[k + 1]))
+    return float(np.nextafter(np.float32(thresholds[k]), np.float32(0)))
+
+
 def validate(model: torch.nn.Module, micrographs, particle_diameter: float, radius_model: float,
              device: torch.device, split: str, min_distance: float = 0.5, amp: bool = False,
              progress: bool = True) -> ValidationResult:
@@ -127,7 +136,7 @@ def validate(model: torch.nn.Module, micrographs, particle_diameter: float, radi
     precision, recall, f1, thresholds = corrected_curve(curve, completeness)
     if len(thresholds):
         k = int(np.argmax(f1))
-        threshold = float(thresholds[k])
+        threshold = _between(thresholds, k)
     else:
         threshold = 0.5
     particle = particle_metrics(items, radius, threshold)
