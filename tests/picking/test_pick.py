@@ -303,3 +303,28 @@ def test_shard_parsing_and_torchrun_environment(monkeypatch):
     assert shard_from_environment() == (2, 4)
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert shard_from_environment() is None
+
+
+def test_picking_leaves_one_core_to_its_threads_and_restores_the_setting(
+        model_path, tiny_data, tmp_path, monkeypatch):
+    import torch
+
+    from selfpick.picking import pick as pick_module
+
+    seen = []
+    real = pick_module.predict_probability
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pick_module, "predict_probability", spy)
+    monkeypatch.setattr(pick_module.os, "cpu_count", lambda: 4)
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        pick(model_path, tiny_data.micrographs, tmp_path / "out", _opts(), progress=False)
+        assert seen and set(seen) == {3}  # the network ran on cores - 1 threads
+        assert torch.get_num_threads() == 4  # and the caller's setting is back
+    finally:
+        torch.set_num_threads(before)
