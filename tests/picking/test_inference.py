@@ -8,6 +8,7 @@ sees the same zero padding as the whole image -- up to float rounding.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -148,3 +149,45 @@ def test_probability_map_is_a_float_map_of_the_image_size_in_0_1():
     prob = predict_probability(model, _image().numpy(), tile=0)  # numpy input accepted too
     assert prob.dtype == torch.float32 and prob.shape == (H, W)
     assert float(prob.min()) >= 0.0 and float(prob.max()) <= 1.0
+
+
+def test_several_images_of_one_size_run_as_one_batch_with_the_same_result(monkeypatch):
+    from selfpick.picking import inference
+
+    torch.manual_seed(0)
+    net = UNet(depth=2, width=4).eval()
+    rng = np.random.default_rng(0)
+    images = [rng.standard_normal((40, 52)).astype(np.float32) for _ in range(3)]
+    images.append(rng.standard_normal((36, 36)).astype(np.float32))  # another size
+    calls = []
+    real = inference.predict_logits
+
+    def counting(model, x, amp=False):
+        calls.append(tuple(x.shape))
+        return real(model, x, amp=amp)
+
+    monkeypatch.setattr(inference, "predict_logits", counting)
+    together = inference.predict_probabilities(net, images[:3])
+    assert calls == [(3, 1, 40, 52)]
+    for img, prob in zip(images[:3], together):
+        torch.testing.assert_close(prob, inference.predict_probability(net, img),
+                                   rtol=1e-4, atol=1e-5)
+    mixed = inference.predict_probabilities(net, images)  # sizes differ: one at a time
+    assert [tuple(p.shape) for p in mixed] == [(40, 52)] * 3 + [(36, 36)]
+
+
+def test_a_batch_that_runs_out_of_memory_is_done_one_image_at_a_time(monkeypatch):
+    from selfpick.picking import inference
+
+    net = UNet(depth=1, width=4).eval()
+    real = inference.predict_logits
+
+    def no_room_for_batches(model, x, amp=False):
+        if x.shape[0] > 1:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(model, x, amp=amp)
+
+    monkeypatch.setattr(inference, "predict_logits", no_room_for_batches)
+    images = [np.zeros((16, 16), np.float32), np.ones((16, 16), np.float32)]
+    probs = inference.predict_probabilities(net, images)
+    assert len(probs) == 2 and all(p.shape == (16, 16) for p in probs)

@@ -312,13 +312,13 @@ def test_picking_leaves_one_core_to_its_threads_and_restores_the_setting(
     from selfpick.picking import pick as pick_module
 
     seen = []
-    real = pick_module.predict_probability
+    real = pick_module.predict_probabilities
 
     def spy(*args, **kwargs):
         seen.append(torch.get_num_threads())
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pick_module, "predict_probability", spy)
+    monkeypatch.setattr(pick_module, "predict_probabilities", spy)
     monkeypatch.setattr(pick_module.os, "cpu_count", lambda: 4)
     before = torch.get_num_threads()
     torch.set_num_threads(4)
@@ -328,3 +328,23 @@ def test_picking_leaves_one_core_to_its_threads_and_restores_the_setting(
         assert torch.get_num_threads() == 4  # and the caller's setting is back
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("batch_size", [2, 3])
+def test_batches_of_micrographs_give_the_same_picks(model_path, tiny_data, reference, tmp_path,
+                                                    batch_size):
+    out = tmp_path / "batched"
+    summary = pick(model_path, tiny_data.micrographs, out,
+                   _opts(fmt="csv", batch_size=batch_size), progress=False)
+    assert summary.n_micrographs == len(reference)
+    table = coordio.read_coordinates(out / "picks.csv", "csv", allow_empty=True)
+    for name, want in reference.items():
+        got = table[table["micrograph"] == name]
+        _assert_same_centres(got, want, 1e-3, True, f"batch {batch_size}/{name}")
+
+
+def test_batch_size_below_one_is_refused(model_path, tiny_data, tmp_path):
+    with pytest.raises(SelfpickError, match="batch-size"):
+        pick(model_path, tiny_data.micrographs, tmp_path / "out", _opts(batch_size=0),
+             progress=False)
+    assert not (tmp_path / "out").exists()

@@ -54,8 +54,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flip-y", action="store_true",
                         help="write y as (height - 1 - y) for programs with a bottom-left origin")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    parser.add_argument("--batch-size", type=int, default=1,
-                        help="micrographs per network pass (GPU)")
+    parser.add_argument("--batch-size", type=int, default=1, metavar="N",
+                        help="micrographs of the same size per network pass: raises GPU "
+                        "throughput (try 4-8); no gain on a CPU (default: 1)")
     parser.add_argument("--workers", type=int, default=-1,
                         help="processes reading micrographs ahead (default: automatic)")
     parser.add_argument("--tile", type=int, default=None, metavar="PX",

@@ -132,3 +132,32 @@ def predict_probability(model: torch.nn.Module, image: np.ndarray | torch.Tensor
                 torch.cuda.empty_cache()
             use_tiles = DEFAULT_TILE
     return torch.sigmoid(predict_logits_tiled(model, x, tile=use_tiles, amp=amp))
+
+
+def predict_probabilities(model: torch.nn.Module, images: list, device: torch.device | str = "cpu",
+                          tile: int | None = None, amp: bool = False) -> list[torch.Tensor]:
+    """:func:`predict_probability` of several model-scale images ``(H, W)``.
+
+    Images of one size that fit whole go through the network as one batch (a GPU does a
+    batch of micrographs in little more time than one); the rest, and a batch that runs out
+    of memory, one at a time.
+    """
+    device = torch.device(device)
+    shapes = {tuple(np.shape(im)[-2:]) for im in images}
+    h, w = next(iter(shapes)) if shapes else (0, 0)
+    whole = tile == 0 or (tile is None and h * w <= WHOLE_IMAGE_MAX_PIXELS)
+    if len(images) > 1 and len(shapes) == 1 and whole:
+        x = torch.stack([im.float() if torch.is_tensor(im)
+                         else torch.from_numpy(np.array(im, dtype=np.float32)) for im in images])
+        try:
+            prob = torch.sigmoid(predict_logits(model, x.to(device)[:, None], amp=amp))
+            return list(prob[:, 0])
+        except Exception as exc:  # noqa: BLE001 - only memory exhaustion is handled
+            if not _is_oom(exc):
+                raise
+            log.warning("a batch of %d micrographs does not fit in memory; predicting them "
+                        "one at a time", len(images))
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    return [predict_probability(model, im, device, tile=tile, amp=amp) for im in images]
+

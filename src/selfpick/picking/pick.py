@@ -39,7 +39,7 @@ from selfpick.errors import InputError, SelfpickError
 from selfpick.io import coords as coordio
 from selfpick.io.micrographs import list_micrographs, micrograph_name, read_micrograph
 from selfpick.model.modelfile import SavedModel, load_model
-from selfpick.picking.inference import predict_probability
+from selfpick.picking.inference import predict_probabilities, predict_probability
 from selfpick.picking.peaks import find_peaks, score_map
 from selfpick.preprocess import Scale, preprocess
 from selfpick.utils.atomic import atomic_write_json, ensure_writable_dir
@@ -66,7 +66,7 @@ class PickOptions:
     flip_y: bool = False
     box_size: float | None = None  # original pixels; default = particle diameter
     device: str = "auto"
-    batch_size: int = 1
+    batch_size: int = 1  # micrographs of one size per network pass (GPU throughput)
     workers: int = -1  # -1: automatic
     tile: int | None = None  # model pixels; None = automatic, 0 = whole micrograph
     shard: tuple[int, int] | None = None  # (i, n)
@@ -302,6 +302,8 @@ def pick(model_path: str | os.PathLike, images, output: str | os.PathLike,
     """
     opts = opts or PickOptions()
     tune_allocator()
+    if opts.batch_size < 1:
+        raise SelfpickError(f"--batch-size {opts.batch_size}: give 1 or more micrographs")
     per_mic, fmt = _output_plan(opts)
     shard = opts.shard or shard_from_environment()
     paths = list_micrographs(images)
@@ -343,49 +345,65 @@ def pick(model_path: str | os.PathLike, images, output: str | os.PathLike,
     index_rows: list[tuple[str, str]] = []
     t0 = time.perf_counter()
     bar = tqdm(total=len(todo), desc="Picking", unit="mic", disable=not progress or None)
-    def finish(path: Path, name: str, prob: torch.Tensor, scale: Scale, shape) -> tuple:
-        # Runs on the background thread while the network does the next micrograph.
-        xy, scores = picks_from_probability(saved, prob, scale, shape, threshold, edge,
-                                            opts.min_distance)
-        table = coordio.make_picks(name, xy, scores, saved.particle_diameter)
-        if opts.flip_y:
-            table = coordio.flip_y(table, {name: shape[0]})
-        if per_mic:
-            coordio.write_per_micrograph(table, out, fmt, box_size=box,
-                                         suffix=opts.suffix if fmt == "star" else "",
-                                         micrograph_paths={name: path})
-        return path, name, table
+    def finish(batch: list) -> list[tuple]:
+        # Runs on the background thread while the network does the next micrograph(s).
+        done = []
+        for path, prob, scale, shape in batch:
+            name = micrograph_name(path)
+            xy, scores = picks_from_probability(saved, prob, scale, shape, threshold, edge,
+                                                opts.min_distance)
+            table = coordio.make_picks(name, xy, scores, saved.particle_diameter)
+            if opts.flip_y:
+                table = coordio.flip_y(table, {name: shape[0]})
+            if per_mic:
+                coordio.write_per_micrograph(table, out, fmt, box_size=box,
+                                             suffix=opts.suffix if fmt == "star" else "",
+                                             micrograph_paths={name: path})
+            done.append((path, name, table))
+        return done
 
     def record(done) -> None:
         if done is _InOrder._NOTHING:
             return
-        path, name, table = done
-        summary.n_picks += len(table)
-        summary.n_micrographs += 1
-        if per_mic:
-            index_rows.append((str(path), str(_per_micrograph_target(out, name, fmt,
-                                                                     opts.suffix))))
-        else:
-            combined.append(table)
-        bar.update(1)
-        bar.set_postfix(picks=len(table))
+        for path, name, table in done:
+            summary.n_picks += len(table)
+            summary.n_micrographs += 1
+            if per_mic:
+                index_rows.append((str(path), str(_per_micrograph_target(out, name, fmt,
+                                                                         opts.suffix))))
+            else:
+                combined.append(table)
+            bar.update(1)
+            bar.set_postfix(picks=len(table))
+
+    batch: list = []  # micrographs of one model-scale size waiting for the network
+
+    def run_network() -> None:
+        probs = predict_probabilities(saved.model, [it["image"] for it in batch], device,
+                                      tile=opts.tile, amp=True)
+        jobs = [(todo[it["index"]], prob, Scale(*it["scale"]), it["shape"])
+                for it, prob in zip(batch, probs)]
+        batch.clear()
+        record(post.submit(finish, jobs))
 
     post = _InOrder("selfpick-peaks")
     try:
         with _network_threads(device, pipelined=workers == 0):
             for item in items:
-                path = todo[item["index"]]
                 if item["error"]:
+                    path = todo[item["index"]]
                     log.warning("skipping %s", item["error"])
                     summary.failed.append(f"{path}\t{item['error']}")
                     summary.n_failed += 1
                     bar.update(1)
                     continue
-                prob = predict_probability(saved.model, item["image"], device, tile=opts.tile,
-                                           amp=True)
-                sx, sy, method = item["scale"]
-                record(post.submit(finish, path, micrograph_name(path), prob,
-                                   Scale(sx, sy, method), item["shape"]))
+                if batch and tuple(batch[0]["image"].shape) != tuple(item["image"].shape):
+                    run_network()
+                batch.append(item)
+                if len(batch) >= opts.batch_size:
+                    run_network()
+            if batch:
+                run_network()
             record(post.result())
     except BaseException:
         # Let the job in flight finish (its file is complete), but report the error that
