@@ -30,8 +30,9 @@ from selfpick.model.modelfile import load_model
 SUPERVISED, SELFTRAIN = "iteration_0_supervised", "iteration_1_selftrain"
 RETRAIN_EPOCHS = 4
 # Long enough to stop a run between two epochs, short enough to keep the module well under
-# a minute: 64 crops of 64 px are about half a second per epoch on one core.
-CROPS_PER_EPOCH = 64
+# a minute: 256 crops of 64 px are about half a second per epoch on 2 cores (64 were, until
+# the network got faster; then a whole stage could end before the signal arrived).
+CROPS_PER_EPOCH = 256
 TIMEOUT = 180  # seconds; only reached when something hangs
 
 
