@@ -11,8 +11,11 @@ hurried hand-picker gives) and scores held-out micrographs against their COMPLET
   when ../shared/data/real is absent.
 
 Three seeds each; reports mean ± sd of the held-out particle F1 at each model's own threshold
-for iteration 0 and for the stage the experiment itself chose as best (by validation), and the
-gain. Writes bench/results/selftraining.json and a Markdown table.
+for iteration 0, for the stage the experiment itself chose as best (by validation) and for the
+last stage, and the gain. For scale, the same split is also trained with ALL particles
+labelled (iteration 0 only): what self-training from 30 % could at best recover is roughly
+the room between the two (``--no-ceiling`` skips it). Writes bench/results/selftraining.json
+and a Markdown table.
 
 Usage:
   python bench/selftraining.py [--seeds 0 1 2] [--datasets simulated real]
@@ -43,7 +46,8 @@ SIM_TRAIN, SIM_TEST = 10, 4
 SNR = {"simulated": None, "simulated-hard": 0.03}  # None: the simulator's default
 
 
-def simulated_run(work: Path, seed: int, train_args: list[str], name: str = "simulated") -> dict:
+def simulated_run(work: Path, seed: int, train_args: list[str], name: str = "simulated",
+                  ceiling: bool = True) -> dict:
     """One seed on simulated data: labels 30 %, truth complete, 4 held-out micrographs."""
     tag = f"{name}_{seed}"
     data = work / f"sim_{tag}"
@@ -67,8 +71,20 @@ def simulated_run(work: Path, seed: int, train_args: list[str], name: str = "sim
         "train", "--image-dir", str(lists["train"]), "--coords-file",
         str(data / "labels" / "coordinates.json"), "--particle-diameter", str(SIM_DIAMETER),
         "--output-dir", str(exp), "--seed", str(seed), "-q", *train_args], log_path)
-    return score_stages(exp, lists["test"], data / "truth" / "coordinates.json",
-                        SIM_DIAMETER / 2, log_path, t)
+    out = score_stages(exp, lists["test"], data / "truth" / "coordinates.json",
+                       SIM_DIAMETER / 2, log_path, t)
+    if ceiling:
+        full = work / f"exp_{tag}_all_labels"
+        if full.exists():
+            shutil.rmtree(full)
+        t = accuracy.run(accuracy.selfpick() + [
+            "train", "--image-dir", str(lists["train"]), "--coords-file",
+            str(data / "truth" / "coordinates.json"), "--particle-diameter", str(SIM_DIAMETER),
+            "--output-dir", str(full), "--seed", str(seed), "--self-training-iterations", "0",
+            "-q", *train_args], log_path)
+        out["all_labels"] = score_stages(full, lists["test"], data / "truth" / "coordinates.json",
+                                         SIM_DIAMETER / 2, log_path, t)["iteration_0"]
+    return out
 
 
 def score_stages(exp: Path, test_list: Path, truth: Path, radius: float, log_path: Path,
@@ -93,22 +109,31 @@ def score_stages(exp: Path, test_list: Path, truth: Path, radius: float, log_pat
         out["stages"][stage]["pseudo_labels"] = s.get("pseudo_labels")
     out["iteration_0"] = out["stages"]["iteration_0_supervised"]
     out["best"] = out["stages"][out["best_stage"]]
+    out["last"] = out["stages"][metrics["stages"][-1]["stage"]]
     out["gain_f1"] = out["best"]["f1"] - out["iteration_0"]["f1"]
     return out
 
 
+def _ms(values) -> str:
+    a = np.asarray(values, dtype=float)
+    return f"{a.mean():.3f} ± {a.std(ddof=1) if len(a) > 1 else 0:.3f}"
+
+
 def table(results: dict) -> str:
-    lines = ["| data (30 % labels) | seeds | iteration 0 F1 | best self-training F1 | gain | "
-             "gain / sd |", "|---|---|---|---|---|---|"]
+    lines = ["| data (30 % labels) | seeds | iteration 0 F1 | chosen stage F1 | gain | gain / sd "
+             "| last stage F1 | all labels, iteration 0 F1 (ceiling) |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, runs in results.items():
         f0 = np.array([r["iteration_0"]["f1"] for r in runs])
         fb = np.array([r["best"]["f1"] for r in runs])
         gain = fb - f0
         sd = gain.std(ddof=1) if len(gain) > 1 else float("nan")
         ratio = gain.mean() / sd if sd and sd > 0 else float("inf")
-        lines.append(f"| {name} | {len(runs)} | {f0.mean():.3f} ± {f0.std(ddof=1) if len(f0) > 1 else 0:.3f} | "
-                     f"{fb.mean():.3f} ± {fb.std(ddof=1) if len(fb) > 1 else 0:.3f} | "
-                     f"{gain.mean():+.3f} ± {sd:.3f} | {ratio:.1f} |")
+        last = [r["last"]["f1"] for r in runs if "last" in r]
+        full = [r["all_labels"]["f1"] for r in runs if "all_labels" in r]
+        lines.append(f"| {name} | {len(runs)} | {_ms(f0)} | {_ms(fb)} | "
+                     f"{gain.mean():+.3f} ± {sd:.3f} | {ratio:.1f} | "
+                     f"{_ms(last) if last else '—'} | {_ms(full) if full else '—'} |")
     return "\n".join(lines)
 
 
@@ -121,6 +146,8 @@ def main() -> int:
     ap.add_argument("--from-accuracy", default=None, metavar="JSON",
                     help="take the real-data runs from this bench/accuracy.py result (its 30 %% "
                     "regime) instead of training them again")
+    ap.add_argument("--no-ceiling", action="store_true",
+                    help="skip the all-labels runs that show how much room there is")
     ap.add_argument("--work", default=None)
     ap.add_argument("--output", default=str(RESULTS / "selftraining.json"))
     args = ap.parse_args()
@@ -135,27 +162,36 @@ def main() -> int:
             continue
         if name == "real" and args.from_accuracy:
             acc = json.loads(Path(args.from_accuracy).read_text())
+            everything = {r["seed"]: r for r in acc["runs"] if r["regime"] == "all"}
             for full in (r for r in acc["runs"] if r["regime"] == "30pct"):
                 r = {k: full[k] for k in ("train_seconds", "best_stage", "stages", "iteration_0",
                                           "best", "seed")}
+                r["last"] = list(full["stages"].values())[-1]
                 r["gain_f1"] = r["best"]["f1"] - r["iteration_0"]["f1"]
+                if not args.no_ceiling and full["seed"] in everything:
+                    r["all_labels"] = everything[full["seed"]]["iteration_0"]
                 results.setdefault(name, []).append(r)
             print(f"real: {len(results.get(name, []))} runs taken from {args.from_accuracy}")
             continue
         for seed in args.seeds:
             if name.startswith("simulated"):
-                r = simulated_run(work, seed, train_args, name)
+                r = simulated_run(work, seed, train_args, name, ceiling=not args.no_ceiling)
             else:
                 full = accuracy.one_run(work, "30pct", seed, train_args)
                 r = {"train_seconds": full["train_seconds"], "best_stage": full["best_stage"],
                      "stages": full["stages"], "iteration_0": full["iteration_0"],
-                     "best": full["best"]}
+                     "best": full["best"], "last": list(full["stages"].values())[-1]}
                 r["gain_f1"] = r["best"]["f1"] - r["iteration_0"]["f1"]
+                if not args.no_ceiling:
+                    r["all_labels"] = accuracy.one_run(
+                        work, "all", seed,
+                        [*train_args, "--self-training-iterations", "0"])["iteration_0"]
             r["seed"] = seed
             results.setdefault(name, []).append(r)
+            ceil = f"; all labels {r['all_labels']['f1']:.3f}" if "all_labels" in r else ""
             print(f"{name} seed {seed}: iteration 0 F1 {r['iteration_0']['f1']:.3f} -> "
-                  f"{r['best_stage']} F1 {r['best']['f1']:.3f} ({r['gain_f1']:+.3f}); "
-                  f"train {r['train_seconds']:.0f} s", flush=True)
+                  f"{r['best_stage']} F1 {r['best']['f1']:.3f} ({r['gain_f1']:+.3f}); last stage "
+                  f"{r['last']['f1']:.3f}{ceil}; train {r['train_seconds']:.0f} s", flush=True)
     md = table(results)
     doc = {"benchmark": "selftraining", "label_fraction": 0.3,
            "date": dt.datetime.now().isoformat(timespec="seconds"),
