@@ -58,7 +58,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="micrographs of the same size per network pass: raises GPU "
                         "throughput (try 4-8); no gain on a CPU (default: 1)")
     parser.add_argument("--workers", type=int, default=-1,
-                        help="processes reading micrographs ahead (default: automatic)")
+                        help="processes reading and downsampling micrographs ahead of the "
+                        "network; 0 = a reader thread in this process, with the network on "
+                        "the other cores (default: 0 on machines with 2 cores or fewer, "
+                        "else min(4, cores - 1))")
     parser.add_argument("--tile", type=int, default=None, metavar="PX",
                         help="tile size in model pixels (default: automatic; 0 = whole image)")
     parser.add_argument("--shard", default=None, metavar="I/N",
