@@ -64,26 +64,21 @@ def simulated_run(work: Path, seed: int, train_args: list[str], name: str = "sim
     for key, subset in (("train", train), ("test", test)):
         lists[key] = work / f"sim_{tag}_{key}.txt"
         lists[key].write_text("\n".join(str(p) for p in subset) + "\n")
-    exp = work / f"exp_{tag}"
-    if exp.exists():
-        shutil.rmtree(exp)
-    t = accuracy.run(accuracy.selfpick() + [
-        "train", "--image-dir", str(lists["train"]), "--coords-file",
-        str(data / "labels" / "coordinates.json"), "--particle-diameter", str(SIM_DIAMETER),
-        "--output-dir", str(exp), "--seed", str(seed), "-q", *train_args], log_path)
-    out = score_stages(exp, lists["test"], data / "truth" / "coordinates.json",
-                       SIM_DIAMETER / 2, log_path, t)
-    if ceiling:
-        full = work / f"exp_{tag}_all_labels"
-        if full.exists():
-            shutil.rmtree(full)
+    truth = data / "truth" / "coordinates.json"
+
+    def train_and_score(exp: Path, labels: Path, extra: list[str]) -> dict:
+        if exp.exists():
+            shutil.rmtree(exp)
         t = accuracy.run(accuracy.selfpick() + [
-            "train", "--image-dir", str(lists["train"]), "--coords-file",
-            str(data / "truth" / "coordinates.json"), "--particle-diameter", str(SIM_DIAMETER),
-            "--output-dir", str(full), "--seed", str(seed), "--self-training-iterations", "0",
-            "-q", *train_args], log_path)
-        out["all_labels"] = score_stages(full, lists["test"], data / "truth" / "coordinates.json",
-                                         SIM_DIAMETER / 2, log_path, t)["iteration_0"]
+            "train", "--image-dir", str(lists["train"]), "--coords-file", str(labels),
+            "--particle-diameter", str(SIM_DIAMETER), "--output-dir", str(exp),
+            "--seed", str(seed), "-q", *extra, *train_args], log_path)
+        return score_stages(exp, lists["test"], truth, SIM_DIAMETER / 2, log_path, t)
+
+    out = train_and_score(work / f"exp_{tag}", data / "labels" / "coordinates.json", [])
+    if ceiling:
+        out["all_labels"] = train_and_score(work / f"exp_{tag}_all_labels", truth,
+                                            ["--self-training-iterations", "0"])["iteration_0"]
     return out
 
 
