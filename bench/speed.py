@@ -291,7 +291,7 @@ def measure_stages(path: Path, saved, device: str, repeats: int, out_dir: Path) 
     from selfpick.io import coords as coordio
     from selfpick.io.micrographs import micrograph_name, read_micrograph
     from selfpick.picking.inference import predict_probability
-    from selfpick.picking.peaks import find_peaks, score_map
+    from selfpick.picking.peaks import particle_peaks
     from selfpick.preprocess import preprocess
 
     dev = torch.device(device)
@@ -316,8 +316,7 @@ def measure_stages(path: Path, saved, device: str, repeats: int, out_dir: Path) 
         prob = predict_probability(model, torch.from_numpy(img), dev, amp=True)
         sync()
         t.append(time.perf_counter())
-        xy_m, scores = find_peaks(score_map(prob, r), saved.min_distance * 2 * r,
-                                  threshold=saved.threshold)
+        xy_m, scores = particle_peaks(prob, r, saved.min_distance, threshold=saved.threshold)
         xy = scale.to_original(xy_m)
         t.append(time.perf_counter())
         name = micrograph_name(path)

@@ -141,3 +141,17 @@ def test_max_peaks_keeps_the_best():
     scores = _blobs((40, 100), [(10, 20), (35, 20), (60, 20)], sigma=1.0, heights=[0.2, 0.9, 0.5])
     xy, s = find_peaks(scores, min_distance=5, max_peaks=2)
     np.testing.assert_allclose(xy[:, 0], [35.0, 60.0], atol=1e-3)
+
+
+def test_particle_peaks_takes_the_minimum_distance_as_a_fraction_of_the_diameter():
+    from selfpick.picking.peaks import particle_peaks
+
+    prob = torch.zeros(64, 64)
+    for x, y in [(10, 10), (17, 10), (40, 40)]:  # two centres 7 px apart, one alone
+        prob[y, x] = 0.9
+    radius = 5.0  # diameter 10 px
+    xy_close, _ = particle_peaks(prob, radius, min_distance=0.5)  # 5 px: both kept
+    xy_far, _ = particle_peaks(prob, radius, min_distance=1.0)  # 10 px: one suppressed
+    assert len(xy_close) == 3 and len(xy_far) == 2
+    ref = find_peaks(score_map(prob, radius), 0.5 * 2 * radius)
+    np.testing.assert_array_equal(xy_close, ref[0])

@@ -61,6 +61,20 @@ def score_map(prob: torch.Tensor, radius: float) -> torch.Tensor:
     return prob + TIE_BREAK * smooth(prob, max(1.0, 0.5 * radius))
 
 
+def particle_peaks(prob: torch.Tensor, radius: float, min_distance: float,
+                   threshold: float = 0.0, edge_margin: float = 0.0
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Particle centres in a probability map ``(H, W)``: :func:`find_peaks` on
+    :func:`score_map`, what picking, validation and evaluation all use.
+
+    ``radius`` is the particle radius in model pixels; ``min_distance`` a fraction of the
+    particle DIAMETER (as stored in model files); ``edge_margin`` model pixels. Returns
+    ``(xy, scores)`` in model pixels, best first (see :func:`find_peaks`).
+    """
+    return find_peaks(score_map(prob, radius), min_distance * 2 * radius, threshold=threshold,
+                      edge_margin=edge_margin)
+
+
 def find_peaks(scores: torch.Tensor, min_distance: float, threshold: float = 0.0,
                edge_margin: float = 0.0, max_peaks: int | None = None
                ) -> tuple[np.ndarray, np.ndarray]:

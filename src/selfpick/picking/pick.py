@@ -40,7 +40,7 @@ from selfpick.io import coords as coordio
 from selfpick.io.micrographs import list_micrographs, micrograph_name, read_micrograph
 from selfpick.model.modelfile import SavedModel, load_model
 from selfpick.picking.inference import predict_probabilities, predict_probability
-from selfpick.picking.peaks import find_peaks, score_map
+from selfpick.picking.peaks import particle_peaks
 from selfpick.preprocess import Scale, preprocess
 from selfpick.utils.atomic import atomic_write_json, ensure_writable_dir
 from selfpick.utils.runtime import resolve_device, tune_allocator
@@ -248,8 +248,7 @@ def picks_from_probability(saved: SavedModel, prob: torch.Tensor, scale: Scale,
     dist_frac = saved.min_distance if min_distance is None else min_distance
     floor = threshold if threshold > 0 else KEEP_ALL_FLOOR
     margin_model = edge_margin / max(scale.sx, scale.sy) if edge_margin else 0.0
-    xy_m, scores = find_peaks(score_map(prob, r), dist_frac * 2 * r, threshold=floor,
-                              edge_margin=margin_model)
+    xy_m, scores = particle_peaks(prob, r, dist_frac, threshold=floor, edge_margin=margin_model)
     xy = scale.to_original(xy_m)
     if edge_margin:
         ny, nx = original_shape

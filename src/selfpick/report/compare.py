@@ -257,7 +257,7 @@ def evaluate_models(model_paths, evalset: EvalSet, device="auto",
     from selfpick.io.micrographs import read_micrograph
     from selfpick.model.modelfile import load_model
     from selfpick.picking.inference import predict_probability
-    from selfpick.picking.peaks import find_peaks, score_map
+    from selfpick.picking.peaks import particle_peaks
     from selfpick.preprocess import preprocess
     from selfpick.targets import make_target
     from selfpick.training.validate import CANDIDATE_FLOOR
@@ -284,9 +284,8 @@ def evaluate_models(model_paths, evalset: EvalSet, device="auto",
             img, scale = cache[name]
             with torch.no_grad():
                 prob = predict_probability(saved.model, img, dev)
-                xy_m, scores = find_peaks(score_map(prob, r_model),
-                                          saved.min_distance * 2 * r_model,
-                                          threshold=CANDIDATE_FLOOR)
+                xy_m, scores = particle_peaks(prob, r_model, saved.min_distance,
+                                              threshold=CANDIDATE_FLOOR)
             xy = scale.to_original(xy_m)
             truth = evalset.truth[name]
             items.append((name, xy, scores, truth))

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from selfpick.evaluation.metrics import ParticleCurve, particle_curve, particle_metrics, pixel_metrics
 from selfpick.picking.inference import predict_probability
-from selfpick.picking.peaks import find_peaks, score_map
+from selfpick.picking.peaks import particle_peaks
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,7 @@ def predict_micrographs(model: torch.nn.Module, micrographs, radius_model: float
     out = []
     for m in tqdm(micrographs, desc=desc, unit="mic", leave=False, disable=not progress or None):
         prob = predict_probability(model, np.asarray(m.image, dtype=np.float32), device, amp=amp)
-        xy_model, scores = find_peaks(score_map(prob, radius_model),
-                                      min_distance * 2 * radius_model, threshold=floor)
+        xy_model, scores = particle_peaks(prob, radius_model, min_distance, threshold=floor)
         out.append(MicrographPrediction(m.name, prob.cpu().numpy(), xy_model,
                                         m.scale.to_original(xy_model), scores))
     return out
