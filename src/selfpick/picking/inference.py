@@ -102,6 +102,35 @@ def _is_oom(exc: BaseException) -> bool:
                                               or "not enough memory" in msg)
 
 
+def _as_tensor(image: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
+    if not torch.is_tensor(image):
+        image = np.asarray(image, dtype=np.float32)
+        if not image.flags.writeable:  # a memory-mapped cache entry: torch would warn on stderr
+            image = image.copy()
+    return torch.as_tensor(image, device=device).float()
+
+
+def _tile_size(shape: tuple[int, ...], tile: int | None) -> int:
+    """The tile side for an image of ``shape`` (model pixels); 0 = the whole image at once."""
+    if tile is not None:
+        return tile
+    h, w = shape[-2:]
+    return DEFAULT_TILE if h * w > WHOLE_IMAGE_MAX_PIXELS else 0
+
+
+def _unless_out_of_memory(run, device: torch.device, warning: str) -> torch.Tensor | None:
+    """``run()``, or None (after logging ``warning``) when it runs out of memory."""
+    try:
+        return run()
+    except Exception as exc:  # noqa: BLE001 - only memory exhaustion is handled
+        if not _is_oom(exc):
+            raise
+        log.warning(warning)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return None
+
+
 def predict_probability(model: torch.nn.Module, image: np.ndarray | torch.Tensor,
                         device: torch.device | str = "cpu", tile: int | None = None,
                         amp: bool = False) -> torch.Tensor:
@@ -112,25 +141,17 @@ def predict_probability(model: torch.nn.Module, image: np.ndarray | torch.Tensor
     retried in tiles instead of failing.
     """
     device = torch.device(device)
-    if not torch.is_tensor(image):
-        image = np.asarray(image, dtype=np.float32)
-        if not image.flags.writeable:  # a memory-mapped cache entry: torch would warn on stderr
-            image = image.copy()
-    x = torch.as_tensor(image, device=device).float()
-    h, w = x.shape[-2:]
-    use_tiles = tile if tile is not None else (DEFAULT_TILE if h * w > WHOLE_IMAGE_MAX_PIXELS
-                                               else 0)
+    x = _as_tensor(image, device)
+    use_tiles = _tile_size(x.shape, tile)
     if not use_tiles:
-        try:
-            return torch.sigmoid(predict_logits(model, x[None, None], amp=amp)[0, 0])
-        except Exception as exc:  # noqa: BLE001 - only memory exhaustion is handled
-            if not _is_oom(exc):
-                raise
-            log.warning("micrograph of %dx%d model px does not fit in memory as a whole; "
-                        "predicting in tiles", w, h)
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            use_tiles = DEFAULT_TILE
+        h, w = x.shape[-2:]
+        prob = _unless_out_of_memory(
+            lambda: torch.sigmoid(predict_logits(model, x[None, None], amp=amp)[0, 0]), device,
+            f"micrograph of {w}x{h} model px does not fit in memory as a whole; predicting in "
+            "tiles")
+        if prob is not None:
+            return prob
+        use_tiles = DEFAULT_TILE
     return torch.sigmoid(predict_logits_tiled(model, x, tile=use_tiles, amp=amp))
 
 
@@ -143,21 +164,12 @@ def predict_probabilities(model: torch.nn.Module, images: list, device: torch.de
     of memory, one at a time.
     """
     device = torch.device(device)
-    shapes = {tuple(np.shape(im)[-2:]) for im in images}
-    h, w = next(iter(shapes)) if shapes else (0, 0)
-    whole = tile == 0 or (tile is None and h * w <= WHOLE_IMAGE_MAX_PIXELS)
-    if len(images) > 1 and len(shapes) == 1 and whole:
-        x = torch.stack([im.float() if torch.is_tensor(im)
-                         else torch.from_numpy(np.array(im, dtype=np.float32)) for im in images])
-        try:
-            prob = torch.sigmoid(predict_logits(model, x.to(device)[:, None], amp=amp))
+    xs = [_as_tensor(im, device) for im in images]
+    if len(xs) > 1 and len({x.shape for x in xs}) == 1 and not _tile_size(xs[0].shape, tile):
+        prob = _unless_out_of_memory(
+            lambda: torch.sigmoid(predict_logits(model, torch.stack(xs)[:, None], amp=amp)),
+            device, f"a batch of {len(xs)} micrographs does not fit in memory; predicting them "
+            "one at a time")
+        if prob is not None:
             return list(prob[:, 0])
-        except Exception as exc:  # noqa: BLE001 - only memory exhaustion is handled
-            if not _is_oom(exc):
-                raise
-            log.warning("a batch of %d micrographs does not fit in memory; predicting them "
-                        "one at a time", len(images))
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-    return [predict_probability(model, im, device, tile=tile, amp=amp) for im in images]
-
+    return [predict_probability(model, x, device, tile=tile, amp=amp) for x in xs]
