@@ -348,3 +348,17 @@ def test_batch_size_below_one_is_refused(model_path, tiny_data, tmp_path):
         pick(model_path, tiny_data.micrographs, tmp_path / "out", _opts(batch_size=0),
              progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_batches_keep_one_size_together_and_unreadable_micrographs_alone():
+    from selfpick.picking.pick import _batches
+
+    def item(i, shape=None, error=None):
+        image = None if error else np.zeros(shape, np.float32)
+        return {"index": i, "image": image, "error": error}
+
+    items = [item(0, (4, 4)), item(1, (4, 4)), item(2, error="bad file"), item(3, (4, 4)),
+             item(4, (6, 6)), item(5, (6, 6)), item(6, (6, 6))]
+    groups = [[it["index"] for it in g] for g in _batches(items, 2)]
+    assert groups == [[0, 1], [2], [3], [4, 5], [6]]
+    assert [[it["index"] for it in g] for g in _batches(items, 1)] == [[i] for i in range(7)]

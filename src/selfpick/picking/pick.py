@@ -5,9 +5,9 @@ read and preprocessed ahead while the network runs (by a background thread, or b
 worker processes with ``workers > 0``), one or two micrographs at a time, and each
 micrograph's picks are written (atomically, also in the background) as soon as they are found
 -- so memory stays flat however many micrographs there are, and an interrupted job can
-continue with ``skip_existing``. Reading (a memory copy), the FFTs of downsampling and the
-coordinate writing all release the GIL, so on a 2-core machine they overlap with the network
-instead of adding to it.
+continue with ``skip_existing``. The NumPy/SciPy work around the network (reading, FFT
+downsampling, peak finding) releases the GIL for most of its time, so on a 2-core machine it
+overlaps with the network instead of adding to it (``bench/NOTES.md``).
 
 Outputs (``fmt``):
 
@@ -123,7 +123,8 @@ def select_shard(paths: list[Path], shard: tuple[int, int] | None) -> list[Path]
 
 
 class _MicrographStream(torch.utils.data.Dataset):
-    """Reads and preprocesses micrographs (in DataLoader workers)."""
+    """Reads and preprocesses micrographs (on the read-ahead thread or in DataLoader workers);
+    an unreadable micrograph gives an item with ``error`` set instead of raising."""
 
     def __init__(self, paths: list[Path], saved: SavedModel):
         self.paths = paths
@@ -166,6 +167,25 @@ def _read_ahead(dataset: _MicrographStream, ahead: int = 1):
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _batches(items, size: int):
+    """Lists of up to ``size`` consecutive readable micrographs of one model-scale size; an
+    unreadable micrograph (an item with ``error``) comes alone."""
+    batch: list = []
+    for item in items:
+        if item["error"]:
+            yield [item]
+            continue
+        if batch and batch[0]["image"].shape != item["image"].shape:
+            yield batch
+            batch = []
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 class _InOrder:
     """Runs jobs on one background thread, one at a time, results in submission order.
 
@@ -173,8 +193,6 @@ class _InOrder:
     next job starts, so at most one job is in flight: it overlaps with the caller's next
     step, and an error (a full disk) stops the run before any later job has run.
     """
-
-    _NOTHING = object()
 
     def __init__(self, name: str):
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
@@ -186,9 +204,9 @@ class _InOrder:
         return previous
 
     def result(self):
-        """The in-flight job's result (waiting for it), or ``_NOTHING``."""
+        """The in-flight job's result (waiting for it), or None when there is none."""
         future, self.pending = self.pending, None
-        return self._NOTHING if future is None else future.result()
+        return None if future is None else future.result()
 
     def close(self, quiet: bool = False) -> None:
         try:
@@ -208,8 +226,8 @@ def _network_threads(device: torch.device, pipelined: bool):
 
     The stages around the network (reading, FFT downsampling, peaks, writing) take about as
     long as the network itself on a 4096^2 micrograph; run beside it on their own core they
-    are almost free, while a network given every core would keep them waiting
-    (``bench/speed.py``: 0.115 -> 0.08 s per micrograph on 2 cores).
+    mostly overlap with it, while a network given every core would keep them waiting
+    (``bench/NOTES.md``: 0.12 -> 0.10 s per micrograph on 2 cores).
     """
     before = torch.get_num_threads()
     cores = os.cpu_count() or 1
@@ -344,10 +362,11 @@ def pick(model_path: str | os.PathLike, images, output: str | os.PathLike,
     index_rows: list[tuple[str, str]] = []
     t0 = time.perf_counter()
     bar = tqdm(total=len(todo), desc="Picking", unit="mic", disable=not progress or None)
-    def finish(batch: list) -> list[tuple]:
+
+    def finish(jobs: list) -> list[tuple]:
         # Runs on the background thread while the network does the next micrograph(s).
         done = []
-        for path, prob, scale, shape in batch:
+        for path, prob, scale, shape in jobs:
             name = micrograph_name(path)
             xy, scores = picks_from_probability(saved, prob, scale, shape, threshold, edge,
                                                 opts.min_distance)
@@ -361,10 +380,8 @@ def pick(model_path: str | os.PathLike, images, output: str | os.PathLike,
             done.append((path, name, table))
         return done
 
-    def record(done) -> None:
-        if done is _InOrder._NOTHING:
-            return
-        for path, name, table in done:
+    def record(done: list | None) -> None:
+        for path, name, table in done or ():
             summary.n_picks += len(table)
             summary.n_micrographs += 1
             if per_mic:
@@ -375,34 +392,21 @@ def pick(model_path: str | os.PathLike, images, output: str | os.PathLike,
             bar.update(1)
             bar.set_postfix(picks=len(table))
 
-    batch: list = []  # micrographs of one model-scale size waiting for the network
-
-    def run_network() -> None:
-        probs = predict_probabilities(saved.model, [it["image"] for it in batch], device,
-                                      tile=opts.tile, amp=True)
-        jobs = [(todo[it["index"]], prob, Scale(*it["scale"]), it["shape"])
-                for it, prob in zip(batch, probs)]
-        batch.clear()
-        record(post.submit(finish, jobs))
-
     post = _InOrder("selfpick-peaks")
     try:
         with _network_threads(device, pipelined=workers == 0):
-            for item in items:
-                if item["error"]:
-                    path = todo[item["index"]]
-                    log.warning("skipping %s", item["error"])
-                    summary.failed.append(f"{path}\t{item['error']}")
+            for group in _batches(items, opts.batch_size):
+                if group[0]["error"]:
+                    path = todo[group[0]["index"]]
+                    log.warning("skipping %s", group[0]["error"])
+                    summary.failed.append(f"{path}\t{group[0]['error']}")
                     summary.n_failed += 1
                     bar.update(1)
                     continue
-                if batch and tuple(batch[0]["image"].shape) != tuple(item["image"].shape):
-                    run_network()
-                batch.append(item)
-                if len(batch) >= opts.batch_size:
-                    run_network()
-            if batch:
-                run_network()
+                probs = predict_probabilities(saved.model, [it["image"] for it in group],
+                                              device, tile=opts.tile, amp=True)
+                record(post.submit(finish, [(todo[it["index"]], prob, Scale(*it["scale"]),
+                                             it["shape"]) for it, prob in zip(group, probs)]))
             record(post.result())
     except BaseException:
         # Let the job in flight finish (its file is complete), but report the error that
@@ -412,8 +416,7 @@ def pick(model_path: str | os.PathLike, images, output: str | os.PathLike,
     else:
         post.close()
     finally:
-        if hasattr(items, "close"):
-            items.close()
+        items.close()
     bar.close()
     summary.seconds = time.perf_counter() - t0
     shard_tag = f"_shard{shard[0]}of{shard[1]}" if shard else ""
