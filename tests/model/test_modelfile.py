@@ -214,3 +214,12 @@ def test_a_model_saved_before_the_skip_setting_loads_as_the_concatenating_unet(t
     x = torch.randn(1, 1, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(loaded.model(x), net(x), rtol=0, atol=1e-5)
+
+
+def test_loading_for_inference_folds_batchnorm_and_loading_for_training_keeps_it(saved):
+    path, net, _ = saved
+    has_bn = lambda m: any(isinstance(x, torch.nn.BatchNorm2d) for x in m.modules())  # noqa: E731
+    assert not has_bn(load_model(path).model)  # the default: picking, evaluation, reports
+    trainable = load_model(path, inference=False).model
+    assert has_bn(trainable)
+    assert set(trainable.state_dict()) == set(net.state_dict())  # resumable weights

@@ -79,7 +79,7 @@ def evaluate_model(model_path, image_dir, coords_file, radius: float | None = No
     """Particle- and pixel-level metrics of a model file on labelled micrographs."""
     truth = load_truth(image_dir, coords_file, coords_format)
     dev = resolve_device(device)
-    saved = load_model(model_path, dev, inference=True)
+    saved = load_model(model_path, dev)
     r = _radius(radius, None, truth, saved)
     thr = saved.threshold if threshold is None else float(threshold)
     items, probs, targets = [], [], []

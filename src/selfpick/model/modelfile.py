@@ -110,11 +110,12 @@ def _write_durably(path: Path, data) -> None:
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
-               inference: bool = False) -> SavedModel:
+               inference: bool = True) -> SavedModel:
     """Load a model file safely (``weights_only=True``); the model is in eval mode on ``device``.
 
-    ``inference=True`` folds BatchNorm into the convolutions (faster, same outputs; not for
-    further training).
+    ``inference=True`` (the default: picking, evaluation, reports) folds BatchNorm into the
+    convolutions, which is faster with the same outputs; give ``inference=False`` to get the
+    trainable network with its BatchNorm layers, e.g. to continue training.
 
     Raises :class:`ModelFileError` for files that are not selfpick models, are damaged, try to
     run code when loaded, or come from an incompatible format version.

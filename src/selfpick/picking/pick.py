@@ -329,7 +329,7 @@ def pick(model_path: str | os.PathLike, images, output: str | os.PathLike,
     if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
         # One process per GPU under torchrun: each rank takes its own GPU.
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
-    saved = load_model(model_path, device, inference=True)
+    saved = load_model(model_path, device)
     out = Path(output)
     out_existed = out.exists()
     ensure_writable_dir(out)

@@ -267,7 +267,7 @@ def evaluate_models(model_paths, evalset: EvalSet, device="auto",
     cache_key, cache = None, {}
     out = []
     for mp in model_paths:
-        saved = load_model(mp, dev, inference=True)
+        saved = load_model(mp, dev)
         key = _prep_key(saved)
         if key != cache_key:
             cache_key, cache = key, {}  # only one preprocessing held at a time (memory)

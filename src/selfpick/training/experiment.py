@@ -363,7 +363,7 @@ def _run_stages(cfg: Config, ts: TrainingSet, out: Path, device: torch.device,
             torch.distributed.broadcast(flag, src=0)
         if flag.item():
             if is_main:
-                saved = load_model(stage_dir / "model.pt", device)
+                saved = load_model(stage_dir / "model.pt", device, inference=False)
                 model.load_state_dict(saved.model.state_dict())
                 log.info("%s: already complete, kept as it is", name)
                 stages.append(done)
