@@ -464,6 +464,10 @@ def selection_f1(entry: dict) -> float:
     return float(p.get("corrected", {}).get("f1", p["f1"]))
 
 
+BEST_STAGE_RULE = ("the latest stage whose validation particle F1 (corrected for incomplete "
+                   "labels) is within one standard error of the highest")
+
+
 def choose_best_stage(stages: list[dict]) -> dict:
     """The stage ``best_model.pt`` comes from: the LATEST stage whose validation F1 (see
     :func:`selection_f1`) is within one standard error of the highest.
@@ -488,8 +492,7 @@ def _fmt(x) -> str:
 def _update_root(out: Path, root: dict) -> None:
     best = choose_best_stage(root["stages"])
     root["best_stage"] = best["stage"]
-    root["best_stage_rule"] = ("the latest stage whose validation particle F1 (corrected for "
-                               "incomplete labels) is within one standard error of the best")
+    root["best_stage_rule"] = BEST_STAGE_RULE
     root["final_stage"] = root["stages"][-1]["stage"]
     root["note"] = ("particle-level figures: picks matched one-to-one to the labelled centres "
                     "within half a particle diameter on the validation micrographs; pixel-level "
@@ -516,7 +519,7 @@ def stage_table(stages: list[dict]) -> str:
             f"{'pixP':>6} {'pixR':>6} {'pixF1':>6} {'IoU':>6} {'ROCAUC':>7}")
     lines = [head, "-" * len(head)]
     note = ("F1corr: F1 with precision corrected for incomplete labels (= F1 when labels look "
-            "complete); best = the latest stage within one standard error of the highest")
+            f"complete); best stage: {BEST_STAGE_RULE}")
     for s in stages:
         p, x = s["validation"]["particle"], s["validation"]["pixel"]
         lines.append(
