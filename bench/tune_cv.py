@@ -1,0 +1,156 @@
+#!/usr/bin/env python
+"""Cross-validation on the *training* micrographs of EMPIAR-10017, for choosing defaults.
+
+The 10 micrographs that ``bench/accuracy.py`` trains on are split into 5 folds of 2 (by name
+order, fold k = micrographs 2k and 2k+1). For each fold, ``selfpick train`` runs on the other 8
+(with its own validation split, as a user's run would), ``selfpick pick`` on the 2 held-out ones
+and ``selfpick evaluate`` against their curated picks (match radius 54 px). The 5 test
+micrographs of ``bench/accuracy.py`` are never read.
+
+Each configuration is a set of extra ``selfpick train`` flags; the table gives, per
+configuration, mean ± sd over the folds of F1 at the model's own threshold, the best F1 over
+thresholds and AP, and the training time. Two held-out micrographs hold ~1,300 particles, so a
+single fold moves by a few hundredths between settings by chance; compare means over folds.
+
+Usage:
+  python bench/tune_cv.py --config default "" --config depth4 "--depth 4"
+  python bench/tune_cv.py --folds 0 1 --config long "--initial-epochs 80"
+
+Writes bench/results/tune_cv.json (appending configurations already there) and prints a
+Markdown table. Skips (exit 0) when the real data set is absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from accuracy import DATA, DIAMETER, N_TRAIN, RADIUS, RESULTS, run, selfpick  # noqa: E402
+
+N_FOLDS = 5
+
+
+def fold_folders(work: Path, fold: int, regime: str, seed: int) -> tuple[Path, Path, Path]:
+    """Symlinked train/held-out micrograph folders and training labels for one fold."""
+    import pandas as pd
+
+    names = sorted(p.stem for p in (DATA / "micrographs").glob("*.jpg"))[:N_TRAIN]
+    held = names[2 * fold: 2 * fold + 2]
+    train = [n for n in names if n not in held]
+    base = work / f"fold{fold}"
+    tr, te, lab = base / "train_mics", base / "heldout_mics", base / f"labels_{regime}_{seed}"
+    for folder, subset in ((tr, train), (te, held)):
+        if not folder.exists():
+            folder.mkdir(parents=True)
+            for n in subset:
+                (folder / f"{n}.jpg").symlink_to(DATA / "micrographs" / f"{n}.jpg")
+    if not lab.exists():
+        lab.mkdir(parents=True)
+        rng = np.random.default_rng(seed)
+        for n in train:
+            df = pd.read_csv(DATA / "coordinates" / f"{n}.csv")
+            if regime == "30pct":
+                k = max(1, int(round(0.3 * len(df))))
+                df = df.iloc[np.sort(rng.choice(len(df), size=k, replace=False))]
+            df.to_csv(lab / f"{n}.csv", index=False)
+    return tr, te, lab
+
+
+def one_fold(work: Path, name: str, fold: int, regime: str, seed: int,
+             train_args: list[str], pick_args: list[str]) -> dict:
+    tr, te, lab = fold_folders(work, fold, regime, seed)
+    exp = work / f"fold{fold}" / f"exp_{name}_{regime}_{seed}"
+    log_path = exp.with_suffix(".log")
+    if exp.exists():
+        shutil.rmtree(exp)
+    t_train = run(selfpick() + ["train", "--image-dir", str(tr), "--coords-file", str(lab),
+                                "--particle-diameter", str(DIAMETER), "--output-dir", str(exp),
+                                "--seed", str(seed), "-q", *train_args], log_path)
+    metrics = json.loads((exp / "metrics.json").read_text())
+    best = metrics["best_stage"]
+    thr = next(s["threshold"] for s in metrics["stages"] if s["stage"] == best)
+    picks = exp / "heldout_picks"
+    run(selfpick() + ["pick", "--model", str(exp / "best_model.pt"), "--images", str(te),
+                      "--output", str(picks), "--threshold", "0", "--format", "star", "-q",
+                      *pick_args], log_path)
+    out_json = exp / "heldout_metrics.json"
+    run(selfpick() + ["evaluate", "--picks", str(picks / "autopick.star"), "--image-dir", str(te),
+                      "--coords-file", str(DATA / "coordinates"), "--radius", str(RADIUS),
+                      "--threshold", str(thr), "--output", str(out_json), "-q"], log_path)
+    p = json.loads(out_json.read_text())["particle"]
+    return {"fold": fold, "best_stage": best, "threshold": thr, "train_seconds": round(t_train, 1),
+            **{k: p[k] for k in ("precision", "recall", "f1", "best_f1", "average_precision")}}
+
+
+def summary(folds: list[dict]) -> dict:
+    row = {}
+    for k in ("precision", "recall", "f1", "best_f1", "average_precision", "train_seconds"):
+        v = np.array([f[k] for f in folds], dtype=float)
+        row[k] = [float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0]
+    row["n_folds"] = len(folds)
+    return row
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", nargs=2, action="append", metavar=("NAME", "TRAIN_ARGS"),
+                    required=True, help="a named set of extra selfpick train flags (repeatable)")
+    ap.add_argument("--pick-args", default="", help="extra selfpick pick flags for every config")
+    ap.add_argument("--folds", type=int, nargs="+", default=list(range(N_FOLDS)))
+    ap.add_argument("--regime", default="all", choices=["all", "30pct"])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--work", default=None, help="working folder (default: a temporary one)")
+    ap.add_argument("--output", default=str(RESULTS / "tune_cv.json"))
+    args = ap.parse_args()
+    if not DATA.is_dir():
+        print(f"skipped: the real data set is not at {DATA}")
+        return 0
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="selfpick_cv_"))
+    work.mkdir(parents=True, exist_ok=True)
+    out = Path(args.output)
+    results = json.loads(out.read_text()) if out.exists() else {"benchmark": "tune_cv",
+                                                                  "configs": {}}
+    pick_args = shlex.split(args.pick_args)
+    for name, train_args in args.config:
+        t0 = time.perf_counter()
+        folds = []
+        for fold in args.folds:
+            f = one_fold(work, name, fold, args.regime, args.seed, shlex.split(train_args),
+                         pick_args)
+            folds.append(f)
+            print(f"{name} fold {fold}: F1 {f['f1']:.3f} (P {f['precision']:.3f} "
+                  f"R {f['recall']:.3f}) best-F1 {f['best_f1']:.3f} "
+                  f"AP {f['average_precision']:.3f} train {f['train_seconds']:.0f} s "
+                  f"[{f['best_stage']}]", flush=True)
+        results["configs"][name] = {
+            "train_args": train_args, "pick_args": args.pick_args, "regime": args.regime,
+            "seed": args.seed, "date": dt.datetime.now().isoformat(timespec="seconds"),
+            "seconds": round(time.perf_counter() - t0, 1), "folds": folds,
+            "summary": summary(folds)}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2) + "\n")
+
+    def ms(x):
+        return f"{x[0]:.3f} ± {x[1]:.3f}"
+
+    print("| config | train flags | F1 (own threshold) | best F1 | AP | train s | folds |")
+    print("|---|---|---|---|---|---|---|")
+    for name, c in results["configs"].items():
+        s = c["summary"]
+        print(f"| {name} | `{c['train_args']}` | {ms(s['f1'])} | {ms(s['best_f1'])} | "
+              f"{ms(s['average_precision'])} | {s['train_seconds'][0]:.0f} | {s['n_folds']} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
