@@ -163,8 +163,10 @@ class PickConfig:
                                   "chose on validation)", cli=False, bounds=(0.0, 1.0))
     min_distance: float = opt(0.5, "minimum distance between picks, as a fraction of the particle "
                               "diameter", cli=False, bounds=(0, None))
-    edge_margin: float = opt(0.0, "discard picks closer than this to the edge, in original "
-                             "pixels", cli=False, bounds=(0, None))
+    edge_margin: float | None = opt(None, "drop picks closer than this to a micrograph edge, in "
+                                    "original pixels (default: learned from the labels -- "
+                                    "as close as the closest labelled particle, at most one "
+                                    "particle diameter)", bounds=(0, None))
 
 
 @dataclass

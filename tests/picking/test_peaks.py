@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from selfpick.picking.peaks import find_peaks, score_map, smooth
+from selfpick.picking.peaks import find_peaks, inside_margin, micrograph_peaks, score_map, smooth
+from selfpick.preprocess import Scale
 
 
 def _blobs(shape, centres, sigma=2.0, heights=None) -> torch.Tensor:
@@ -155,3 +156,33 @@ def test_particle_peaks_takes_the_minimum_distance_as_a_fraction_of_the_diameter
     assert len(xy_close) == 3 and len(xy_far) == 2
     ref = find_peaks(score_map(prob, radius), 0.5 * 2 * radius)
     np.testing.assert_array_equal(xy_close, ref[0])
+
+
+def test_micrograph_peaks_drop_edge_picks_in_original_pixels():
+    # Model map 40 x 40 at 5 original px per model px: a 200 x 200 micrograph.
+    centres = [(2, 20), (20, 20), (37, 5)]
+    prob = _blobs((40, 40), centres, sigma=1.0)
+    scale = Scale(5.0, 5.0)
+    xy, s = micrograph_peaks(prob, scale, (200, 200), radius=2.0, min_distance=0.5)
+    assert len(xy) == 3
+    xy, s = micrograph_peaks(prob, scale, (200, 200), radius=2.0, min_distance=0.5,
+                             edge_margin=20.0)
+    np.testing.assert_allclose(xy, [[100.0, 100.0]], atol=0.5)
+    assert inside_margin(xy, (200, 200), 20.0).all()
+
+
+def test_an_edge_peak_does_not_suppress_a_particle_just_inside_the_margin():
+    # A strong peak in the margin next to a weaker particle inside, closer than the minimum
+    # distance: without the margin the strong one wins; with it the particle is kept.
+    prob = _blobs((40, 40), [(1, 20), (5, 20)], sigma=0.8, heights=[1.0, 0.6])
+    scale = Scale(1.0, 1.0)
+    xy, _ = micrograph_peaks(prob, scale, (40, 40), radius=4.0, min_distance=0.75)
+    assert len(xy) == 1 and xy[0, 0] < 3
+    xy, _ = micrograph_peaks(prob, scale, (40, 40), radius=4.0, min_distance=0.75,
+                             edge_margin=3.0)
+    assert len(xy) == 1 and abs(xy[0, 0] - 5) < 0.5
+
+
+def test_inside_margin_is_inclusive():
+    xy = np.array([[3, 3], [2.9, 10], [10, 16], [10, 16.1]])
+    assert inside_margin(xy, (20, 20), 3.0).tolist() == [True, False, True, False]

@@ -254,6 +254,31 @@ def test_edge_margin_is_respected_in_original_pixels(model_path, tiny_data, tmp_
     assert (table["y"] >= margin).all() and (table["y"] <= n - 1 - margin).all()
 
 
+def test_the_models_own_edge_margin_applies_unless_overridden(model_path, tiny_data, tmp_path,
+                                                             saved):
+    margin = saved.edge_margin
+    assert margin > 0  # learned from the tiny labels (the simulator keeps a radius inside)
+    n = 256
+    tables = {}
+    for label, kw in (("model", {}), ("none", {"edge_margin": 0.0})):
+        pick(model_path, tiny_data.micrographs, tmp_path / label,
+             _opts(fmt="csv", threshold=0.0, **kw), progress=False)
+        tables[label] = coordio.read_coordinates(tmp_path / label / "picks.csv", "csv")
+    t = tables["model"]
+    assert len(t) > 0
+    assert ((t["x"] >= margin) & (t["x"] <= n - 1 - margin)).all()
+    assert ((t["y"] >= margin) & (t["y"] <= n - 1 - margin)).all()
+    u = tables["none"]
+    near = (np.minimum(u["x"], n - 1 - u["x"]) < margin) | (np.minimum(u["y"], n - 1 - u["y"])
+                                                           < margin)
+    assert near.any()  # with every candidate kept, some lie in the margin
+    # The margin drops candidates before the suppression, so the picks inside mostly stay the
+    # same (a candidate in the margin no longer suppresses a neighbour just inside, which may
+    # then suppress another).
+    key = lambda df: set(zip(df["micrograph"], df["x"].round(2), df["y"].round(2)))  # noqa: E731
+    assert len(key(u[~near]) & key(t)) >= 0.9 * int((~near).sum())
+
+
 def test_min_distance_is_respected_in_original_pixels(model_path, tiny_data, tmp_path, saved):
     out = tmp_path / "md"
     pick(model_path, tiny_data.micrographs, out, _opts(fmt="csv", threshold=0.0, min_distance=0.8),

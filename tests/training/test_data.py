@@ -12,7 +12,9 @@ import torch
 from conftest import tiny_config
 from selfpick.errors import InputError
 from selfpick.targets import IGNORE
-from selfpick.training.data import CropDataset, load_training_set, split_micrographs
+from selfpick.preprocess import Scale
+from selfpick.training.data import (CropDataset, TrainingMicrograph, label_edge_margin,
+                                    load_training_set, split_micrographs)
 
 NAMES = [f"mic_{i:03d}" for i in range(40)]
 
@@ -178,3 +180,29 @@ def test_crop_dataset_needs_an_image():
     with pytest.raises(ValueError):
         CropDataset([], [], crop=16, length=1, seed=0)
 
+
+
+# ---------------------------------------------------------------- edge margin
+
+
+def _mic(truth, shape=(400, 300)):
+    return TrainingMicrograph("m", None, np.zeros((10, 10), np.float32), Scale(1.0, 1.0), shape,
+                              None if truth is None else np.asarray(truth, float), "train")
+
+
+def test_edge_margin_is_the_closest_label_to_any_edge():
+    # 300 wide (x), 400 high (y): distances to the right edge count from x = 299.
+    a = _mic([[150, 200], [60, 200]])           # 60 from the left
+    b = _mic([[150, 351.5], [250, 100]])        # 47.5 from the bottom (y = 399), 49 right
+    assert label_edge_margin([a], diameter=100) == 60
+    assert label_edge_margin([a, b], diameter=100) == 47  # floored: a label at 47.5 is kept
+
+
+def test_edge_margin_is_capped_at_a_diameter_and_zero_without_labels():
+    centre = _mic([[150, 200]])
+    assert label_edge_margin([centre], diameter=40) == 40
+    assert label_edge_margin([_mic(None), _mic(np.zeros((0, 2)))], diameter=40) == 0
+    assert label_edge_margin([], diameter=40) == 0
+    # A label on (or, after rounding, just past) the edge means picks go right up to it.
+    assert label_edge_margin([_mic([[0, 200], [150, 200]])], diameter=40) == 0
+    assert label_edge_margin([_mic([[-0.4, 200]])], diameter=40) == 0

@@ -355,3 +355,26 @@ def test_best_stage_is_the_latest_within_one_standard_error():
     corrected = _stage("b", 0.40)
     corrected["validation"]["particle"]["corrected"] = {"f1": 0.97}
     assert choose_best_stage([_stage("a", 0.90, 2000), corrected])["stage"] == "b"
+
+
+def test_the_edge_margin_is_learned_from_the_labels_and_saved_in_every_model(tiny_experiment,
+                                                                              tiny_data):
+    from conftest import TINY_DIAMETER, TINY_SIZE
+
+    out = tiny_experiment.output_dir
+    every = np.concatenate(list(tiny_data.labels.values()))
+    nearest = np.minimum(every, TINY_SIZE - 1 - every).min()
+    want = float(np.floor(min(nearest, TINY_DIAMETER)))
+    assert want >= TINY_DIAMETER / 2 - 1  # the simulator keeps particles a radius inside
+    assert _read(out / "config.json")["config"]["pick"]["edge_margin"] == want
+    for path in [out / "best_model.pt", *out.glob("iteration_*/model.pt")]:
+        assert load_model(path).edge_margin == want, path
+    assert f"edge margin {want:.0f} px" in (out / "training.log").read_text()
+
+
+def test_an_edge_margin_given_by_the_user_is_kept(tiny_data, tmp_path):
+    cfg = tiny_config(tiny_data.output_dir, tmp_path / "exp", edge_margin=0.0,
+                      self_training_iterations=0, initial_epochs=1)
+    run_training(cfg, progress=False)
+    assert _read(tmp_path / "exp" / "config.json")["config"]["pick"]["edge_margin"] == 0.0
+    assert load_model(tmp_path / "exp" / "best_model.pt").edge_margin == 0.0

@@ -45,7 +45,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--single-file", action="store_true",
                         help="one combined file (star with rlnMicrographName, csv, topaz, json)")
     parser.add_argument("--edge-margin", type=float, default=None, metavar="PX",
-                        help="drop picks closer than this to the edge (original pixels)")
+                        help="drop picks closer than this to a micrograph edge, original "
+                        "pixels (default: the model's, learned in training from how close to "
+                        "the edges the labelled particles lie; 0 keeps every pick)")
     parser.add_argument("--min-distance", type=float, default=None, metavar="F",
                         help="minimum distance between picks as a fraction of the particle "
                         "diameter (default: the model's, 0.5)")

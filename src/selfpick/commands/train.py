@@ -34,7 +34,7 @@ from selfpick.errors import OutputError, SelfpickError
 
 log = logging.getLogger("selfpick")
 
-SECTIONS = ("data", "preprocess", "model", "targets", "loss", "train", "selftrain")
+SECTIONS = ("data", "preprocess", "model", "targets", "loss", "train", "selftrain", "pick")
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:

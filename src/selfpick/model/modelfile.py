@@ -63,6 +63,11 @@ class SavedModel:
         """Particle radius in model pixels."""
         return self.particle_diameter / 2 / self.downsample
 
+    @property
+    def edge_margin(self) -> float:
+        """Picks closer than this to a micrograph edge are dropped (original pixels)."""
+        return float(self.config.pick.edge_margin or 0.0)
+
 
 def model_payload(model: torch.nn.Module, config: Config, particle_diameter: float,
                   downsample: float, threshold: float, min_distance: float = 0.5,

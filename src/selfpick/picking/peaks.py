@@ -75,6 +75,37 @@ def particle_peaks(prob: torch.Tensor, radius: float, min_distance: float,
                       edge_margin=edge_margin)
 
 
+def micrograph_peaks(prob: torch.Tensor, scale, original_shape: tuple[int, int],
+                     radius: float, min_distance: float, threshold: float = 0.0,
+                     edge_margin: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`particle_peaks` of a model-scale map ``(H, W)`` as picks of the micrograph.
+
+    ``scale`` maps model to original pixels (:class:`selfpick.preprocess.Scale`);
+    ``original_shape`` is ``(ny, nx)`` in original pixels; ``edge_margin`` is in original
+    pixels: centres closer than that to any edge are dropped. Maxima inside the margin are
+    removed before the non-maximum suppression, so a peak in an edge artefact cannot
+    suppress a particle just inside. Returns ``(xy, scores)``, ``xy`` ``(N, 2)`` in original
+    pixels, best first.
+    """
+    margin_model = edge_margin / max(scale.sx, scale.sy) if edge_margin > 0 else 0.0
+    xy_m, scores = particle_peaks(prob, radius, min_distance, threshold=threshold,
+                                  edge_margin=margin_model)
+    xy = scale.to_original(xy_m)
+    if edge_margin > 0:
+        keep = inside_margin(xy, original_shape, edge_margin)
+        xy, scores = xy[keep], scores[keep]
+    return xy, scores
+
+
+def inside_margin(xy: np.ndarray, shape: tuple[int, int], margin: float) -> np.ndarray:
+    """``(N,)`` bool: which ``(x, y)`` centres lie at least ``margin`` pixels from every edge
+    of an image of ``shape = (ny, nx)`` (same pixel units)."""
+    xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+    ny, nx = shape
+    return ((xy[:, 0] >= margin) & (xy[:, 1] >= margin)
+            & (xy[:, 0] <= nx - 1 - margin) & (xy[:, 1] <= ny - 1 - margin))
+
+
 def find_peaks(scores: torch.Tensor, min_distance: float, threshold: float = 0.0,
                edge_margin: float = 0.0, max_peaks: int | None = None
                ) -> tuple[np.ndarray, np.ndarray]:

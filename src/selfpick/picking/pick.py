@@ -40,7 +40,7 @@ from selfpick.io import coords as coordio
 from selfpick.io.micrographs import list_micrographs, micrograph_name, read_micrograph
 from selfpick.model.modelfile import SavedModel, load_model
 from selfpick.picking.inference import predict_probabilities, predict_probability
-from selfpick.picking.peaks import particle_peaks
+from selfpick.picking.peaks import micrograph_peaks
 from selfpick.preprocess import Scale, preprocess
 from selfpick.utils.atomic import atomic_write_json, ensure_writable_dir
 from selfpick.utils.runtime import resolve_device, tune_allocator
@@ -243,13 +243,13 @@ def _network_threads(device: torch.device, pipelined: bool):
 
 def pick_image(saved: SavedModel, image: torch.Tensor | np.ndarray, scale: Scale,
                original_shape: tuple[int, int], device: torch.device, threshold: float,
-               edge_margin: float = 0.0, min_distance: float | None = None,
+               edge_margin: float | None = None, min_distance: float | None = None,
                tile: int | None = None, amp: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Picks of one preprocessed micrograph.
 
     Returns ``(xy, scores)``: ``(N, 2)`` centres in ORIGINAL pixels and their scores,
     best first, all with score >= ``threshold`` and at least ``edge_margin`` original pixels
-    from the edge.
+    from the edge (``None``: the model's own margin).
     """
     prob = predict_probability(saved.model, image, device, tile=tile, amp=amp)
     return picks_from_probability(saved, prob, scale, original_shape, threshold, edge_margin,
@@ -258,22 +258,15 @@ def pick_image(saved: SavedModel, image: torch.Tensor | np.ndarray, scale: Scale
 
 def picks_from_probability(saved: SavedModel, prob: torch.Tensor, scale: Scale,
                            original_shape: tuple[int, int], threshold: float,
-                           edge_margin: float = 0.0, min_distance: float | None = None
+                           edge_margin: float | None = None, min_distance: float | None = None
                            ) -> tuple[np.ndarray, np.ndarray]:
     """Peaks of a model-scale probability map ``(H, W)`` as picks in ORIGINAL pixels
     (see :func:`pick_image`)."""
-    r = saved.radius_model_px
     dist_frac = saved.min_distance if min_distance is None else min_distance
     floor = threshold if threshold > 0 else KEEP_ALL_FLOOR
-    margin_model = edge_margin / max(scale.sx, scale.sy) if edge_margin else 0.0
-    xy_m, scores = particle_peaks(prob, r, dist_frac, threshold=floor, edge_margin=margin_model)
-    xy = scale.to_original(xy_m)
-    if edge_margin:
-        ny, nx = original_shape
-        ok = ((xy[:, 0] >= edge_margin) & (xy[:, 1] >= edge_margin)
-              & (xy[:, 0] <= nx - 1 - edge_margin) & (xy[:, 1] <= ny - 1 - edge_margin))
-        xy, scores = xy[ok], scores[ok]
-    return xy, scores
+    margin = saved.edge_margin if edge_margin is None else edge_margin
+    return micrograph_peaks(prob, scale, original_shape, saved.radius_model_px, dist_frac,
+                            threshold=floor, edge_margin=margin)
 
 
 def pick_micrograph(saved: SavedModel, path: str | os.PathLike, device="cpu",
@@ -334,7 +327,7 @@ def pick(model_path: str | os.PathLike, images, output: str | os.PathLike,
     out_existed = out.exists()
     ensure_writable_dir(out)
     threshold = saved.threshold if opts.threshold is None else float(opts.threshold)
-    edge = opts.edge_margin if opts.edge_margin is not None else saved.config.pick.edge_margin
+    edge = saved.edge_margin if opts.edge_margin is None else opts.edge_margin
     box = opts.box_size or saved.particle_diameter
     summary = PickSummary()
     todo = paths

@@ -257,7 +257,7 @@ def evaluate_models(model_paths, evalset: EvalSet, device="auto",
     from selfpick.io.micrographs import read_micrograph
     from selfpick.model.modelfile import load_model
     from selfpick.picking.inference import predict_probability
-    from selfpick.picking.peaks import particle_peaks
+    from selfpick.picking.peaks import micrograph_peaks
     from selfpick.preprocess import preprocess
     from selfpick.targets import make_target
     from selfpick.training.validate import CANDIDATE_FLOOR
@@ -280,13 +280,14 @@ def evaluate_models(model_paths, evalset: EvalSet, device="auto",
         for name, path in it:
             if name not in cache:
                 data, _ = read_micrograph(path, saved.config.data.pixel_size)
-                cache[name] = preprocess(data, saved.downsample, saved.config.preprocess)
-            img, scale = cache[name]
+                cache[name] = (*preprocess(data, saved.downsample, saved.config.preprocess),
+                               data.shape)
+            img, scale, shape = cache[name]
             with torch.no_grad():
                 prob = predict_probability(saved.model, img, dev)
-                xy_m, scores = particle_peaks(prob, r_model, saved.min_distance,
-                                              threshold=CANDIDATE_FLOOR)
-            xy = scale.to_original(xy_m)
+                xy, scores = micrograph_peaks(prob, scale, shape, r_model,
+                                              saved.min_distance, threshold=CANDIDATE_FLOOR,
+                                              edge_margin=saved.edge_margin)
             truth = evalset.truth[name]
             items.append((name, xy, scores, truth))
             picks[name] = (xy, scores)

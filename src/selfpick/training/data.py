@@ -89,6 +89,29 @@ def resolve_diameter(cfg: Config, picks) -> float:
     return 2 * LEGACY_RADIUS
 
 
+def label_edge_margin(micrographs: list[TrainingMicrograph], diameter: float) -> float:
+    """How close to a micrograph edge the hand-picker picked: the smallest distance from any
+    labelled centre to the nearest edge, at most one particle ``diameter`` (original pixels).
+
+    Hand-pickers leave out particles cut by the edge (their boxes could not be extracted
+    whole), and motion correction and filtering leave artefacts there that look like
+    particles to a network; picking where the labels never go only adds false picks. The cap
+    keeps a few labels that happen to lie far from the edges from hiding a wide border. No
+    labels: 0.
+    """
+    nearest = []
+    for m in micrographs:
+        if m.truth is None or not len(m.truth):
+            continue
+        ny, nx = m.original_shape
+        x, y = m.truth[:, 0], m.truth[:, 1]
+        d = np.minimum(np.minimum(x, nx - 1 - x), np.minimum(y, ny - 1 - y))
+        nearest.append(float(d.min()))
+    if not nearest:
+        return 0.0
+    return float(np.floor(np.clip(min(nearest), 0.0, diameter)))
+
+
 def split_micrographs(names: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
     """Seeded split by micrograph. Returns ``(train, val)`` name lists, each sorted.
 

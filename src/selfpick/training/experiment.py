@@ -40,7 +40,8 @@ from selfpick.model.modelfile import load_model, save_model
 from selfpick.model.unet import UNet
 from selfpick.training import distributed as dist
 from selfpick.training.data import (CropDataset, TrainingMicrograph, TrainingSet,
-                                    default_crops_per_epoch, load_training_set)
+                                    default_crops_per_epoch, label_edge_margin,
+                                    load_training_set)
 from selfpick.training.loop import stage_learning_rate, train_stage
 from selfpick.training.pseudolabels import (PseudoLabelStats, label_shares, peak_pseudo_labels,
                                             pixel_pseudo_labels, score_for_precision,
@@ -180,7 +181,7 @@ def _pseudo_labels(k: int, cfg: Config, ts: TrainingSet, model: torch.nn.Module,
     pool = ts.subset("train") + ts.subset("unlabeled")
     preds = predict_micrographs(model, pool, ts.radius_model, device, cfg.pick.min_distance,
                                 amp=cfg.train.amp, desc=f"Pseudo-labelling (iteration {k})",
-                                progress=progress)
+                                progress=progress, edge_margin=cfg.pick.edge_margin)
     pos_score = None
     if st.pseudo_label_mode == "peaks":
         if st.calibrate_thresholds:
@@ -313,6 +314,12 @@ def _setup(cfg: Config, out: Path, continuing: bool, argv: list[str], progress: 
         raise SelfpickError("no labelled micrograph is left for training after the "
                             "validation split; label more micrographs or lower "
                             "--val-fraction")
+    if cfg.pick.edge_margin is None:
+        cfg.pick.edge_margin = label_edge_margin(ts.micrographs, ts.particle_diameter)
+        if is_main:
+            log.info("edge margin %.0f px: no labelled particle is closer to a micrograph edge "
+                     "(picks there will be dropped; set --edge-margin to change)",
+                     cfg.pick.edge_margin)
     val_mics = ts.subset("val")
     val_split = "val"
     if not val_mics:
@@ -385,7 +392,7 @@ def _run_stages(cfg: Config, ts: TrainingSet, out: Path, device: torch.device,
                 if prev_val is None:  # resumed: re-measure the previous stage on validation
                     prev_val = validate(model, val_mics, ts.particle_diameter, ts.radius_model,
                                         device, val_split, cfg.pick.min_distance, cfg.train.amp,
-                                        progress)
+                                        progress, cfg.pick.edge_margin)
                 targets, pl_stats = _pseudo_labels(k, cfg, ts, model, device, prev_val,
                                                    stage_dir, progress)
                 log.info("%s: %s", name, pl_stats.describe())
@@ -401,7 +408,8 @@ def _run_stages(cfg: Config, ts: TrainingSet, out: Path, device: torch.device,
                               lr=stage_learning_rate(cfg.train, k))
         if is_main:
             val = validate(model, val_mics, ts.particle_diameter, ts.radius_model, device,
-                           val_split, cfg.pick.min_distance, cfg.train.amp, progress)
+                           val_split, cfg.pick.min_distance, cfg.train.amp, progress,
+                           cfg.pick.edge_margin)
             entry = {
                 "stage": name,
                 "iteration": k,

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from selfpick.evaluation.metrics import ParticleCurve, particle_curve, particle_metrics, pixel_metrics
 from selfpick.picking.inference import predict_probability
-from selfpick.picking.peaks import particle_peaks
+from selfpick.picking.peaks import micrograph_peaks
 
 log = logging.getLogger(__name__)
 
@@ -49,18 +49,21 @@ class MicrographPrediction:
 def predict_micrographs(model: torch.nn.Module, micrographs, radius_model: float,
                         device: torch.device, min_distance: float = 0.5, amp: bool = False,
                         floor: float = CANDIDATE_FLOOR, desc: str = "Predicting",
-                        progress: bool = True) -> list[MicrographPrediction]:
+                        progress: bool = True, edge_margin: float = 0.0
+                        ) -> list[MicrographPrediction]:
     """Probability maps and candidate picks for training-set micrographs (no augmentation).
 
-    ``min_distance`` is a fraction of the particle diameter, as in the model file.
+    ``min_distance`` is a fraction of the particle diameter, as in the model file;
+    ``edge_margin`` is in original pixels, as ``selfpick pick`` applies it.
     """
     model.eval()
     out = []
     for m in tqdm(micrographs, desc=desc, unit="mic", leave=False, disable=not progress or None):
         prob = predict_probability(model, np.asarray(m.image, dtype=np.float32), device, amp=amp)
-        xy_model, scores = particle_peaks(prob, radius_model, min_distance, threshold=floor)
-        out.append(MicrographPrediction(m.name, prob.cpu().numpy(), xy_model,
-                                        m.scale.to_original(xy_model), scores))
+        xy, scores = micrograph_peaks(prob, m.scale, m.original_shape, radius_model,
+                                      min_distance, threshold=floor, edge_margin=edge_margin)
+        out.append(MicrographPrediction(m.name, prob.cpu().numpy(), m.scale.to_model(xy), xy,
+                                        scores))
     return out
 
 
@@ -124,10 +127,13 @@ def _between(thresholds: np.ndarray, k: int) -> float:
 
 def validate(model: torch.nn.Module, micrographs, particle_diameter: float, radius_model: float,
              device: torch.device, split: str, min_distance: float = 0.5, amp: bool = False,
-             progress: bool = True) -> ValidationResult:
-    """Metrics of ``model`` on labelled ``micrographs`` and the threshold it should pick with."""
+             progress: bool = True, edge_margin: float = 0.0) -> ValidationResult:
+    """Metrics of ``model`` on labelled ``micrographs`` and the threshold it should pick with
+    (picks closer than ``edge_margin`` original pixels to an edge are dropped first, as
+    ``selfpick pick`` will drop them)."""
     preds = predict_micrographs(model, micrographs, radius_model, device, min_distance, amp,
-                                desc=f"Validating ({split})", progress=progress)
+                                desc=f"Validating ({split})", progress=progress,
+                                edge_margin=edge_margin)
     radius = particle_diameter / 2
     items = [(p.name, p.xy, p.scores, m.truth) for p, m in zip(preds, micrographs)]
     curve = particle_curve(items, radius)
