@@ -456,6 +456,11 @@ def _(ws):
                 warnings_allowed=True)
 
 
+@case("pick-negative-edge-margin")
+def _(ws):
+    return Case(ws.pick(ws.mic(), "--edge-margin", "-5"), "--edge-margin", ("-5", "positive"))
+
+
 @case("evaluate-picks-without-coordinate-columns")
 def _(ws):
     path = _dump(ws.root / "topaz.txt", "image_name\tscore\nsim_000\t0.5\n")

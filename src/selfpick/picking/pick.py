@@ -314,6 +314,9 @@ def pick(model_path: str | os.PathLike, images, output: str | os.PathLike,
     tune_allocator()
     if opts.batch_size < 1:
         raise SelfpickError(f"--batch-size {opts.batch_size}: give 1 or more micrographs")
+    for flag, value in (("--edge-margin", opts.edge_margin), ("--min-distance", opts.min_distance)):
+        if value is not None and not (value >= 0 and np.isfinite(value)):
+            raise SelfpickError(f"{flag} {value}: give 0 or a positive number")
     per_mic, fmt = _output_plan(opts)
     shard = opts.shard or shard_from_environment()
     paths = list_micrographs(images)
