@@ -78,7 +78,7 @@ class PreprocessConfig:
 
 @dataclass
 class ModelConfig:
-    depth: int = opt(3, "U-Net depth (number of 2x downsamplings)", bounds=(0, None))
+    depth: int = opt(4, "U-Net depth (number of 2x downsamplings)", bounds=(0, None))
     width: int = opt(8, "channels of the first U-Net level (doubled at each level)", bounds=(1, None))
     norm: str = opt("batch", "normalisation layers (per-image norms such as group norm are "
                     "not offered: they would make tiled picking differ from whole-image "
@@ -109,7 +109,7 @@ class LossConfig:
 @dataclass
 class TrainConfig:
     output_dir: str | None = opt(None, "experiment folder to create", aliases=("--output",))
-    initial_epochs: int = opt(40, "epochs of supervised training (iteration 0)", bounds=(1, None))
+    initial_epochs: int = opt(80, "epochs of supervised training (iteration 0)", bounds=(1, None))
     retrain_epochs: int = opt(10, "epochs of each self-training iteration", bounds=(0, None))
     batch_size: int = opt(8, "crops per optimisation step", bounds=(1, None))
     learning_rate: float = opt(3e-3, "AdamW peak learning rate of supervised training (warm-up, "
