@@ -24,7 +24,7 @@ from selfpick.io import coords as coordio
 from selfpick.io.micrographs import list_micrographs, micrograph_name, read_micrograph
 from selfpick.model.modelfile import SavedModel, load_model
 from selfpick.picking.inference import predict_probability
-from selfpick.picking.peaks import micrograph_peaks
+from selfpick.picking.pick import picks_from_probability
 from selfpick.preprocess import preprocess
 from selfpick.targets import make_target
 from selfpick.training.validate import CANDIDATE_FLOOR
@@ -90,8 +90,7 @@ def evaluate_model(model_path, image_dir, coords_file, radius: float | None = No
         data, _ = read_micrograph(path, saved.config.data.pixel_size)
         img, scale = preprocess(data, saved.downsample, saved.config.preprocess)
         prob = predict_probability(saved.model, img, dev)
-        xy, scores = micrograph_peaks(prob, scale, data.shape, r_model, saved.min_distance,
-                                      threshold=CANDIDATE_FLOOR, edge_margin=saved.edge_margin)
+        xy, scores = picks_from_probability(saved, prob, scale, data.shape, CANDIDATE_FLOOR)
         items.append((name, xy, scores, truth.by_name[name]))
         probs.append(prob.cpu().numpy())
         targets.append(make_target(img.shape, scale.to_model(truth.by_name[name]), r_model,

@@ -257,7 +257,7 @@ def evaluate_models(model_paths, evalset: EvalSet, device="auto",
     from selfpick.io.micrographs import read_micrograph
     from selfpick.model.modelfile import load_model
     from selfpick.picking.inference import predict_probability
-    from selfpick.picking.peaks import micrograph_peaks
+    from selfpick.picking.pick import picks_from_probability
     from selfpick.preprocess import preprocess
     from selfpick.targets import make_target
     from selfpick.training.validate import CANDIDATE_FLOOR
@@ -285,9 +285,7 @@ def evaluate_models(model_paths, evalset: EvalSet, device="auto",
             img, scale, shape = cache[name]
             with torch.no_grad():
                 prob = predict_probability(saved.model, img, dev)
-                xy, scores = micrograph_peaks(prob, scale, shape, r_model,
-                                              saved.min_distance, threshold=CANDIDATE_FLOOR,
-                                              edge_margin=saved.edge_margin)
+                xy, scores = picks_from_probability(saved, prob, scale, shape, CANDIDATE_FLOOR)
             truth = evalset.truth[name]
             items.append((name, xy, scores, truth))
             picks[name] = (xy, scores)
