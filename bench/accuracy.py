@@ -61,25 +61,52 @@ def selfpick() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "selfpick"]
 
 
-def prepare(work: Path, regime: str, seed: int) -> tuple[Path, Path, Path]:
-    """Folders of symlinked micrographs (train/test) and the training labels for a regime."""
-    names = sorted(p.stem for p in (DATA / "micrographs").glob("*.jpg"))
-    train, test = names[:N_TRAIN], names[N_TRAIN:]
-    tr, te, lab = work / "train_mics", work / "test_mics", work / f"labels_{regime}_{seed}"
-    for folder, subset in ((tr, train), (te, test)):
-        if not folder.exists():
-            folder.mkdir(parents=True)
-            for n in subset:
-                (folder / f"{n}.jpg").symlink_to(DATA / "micrographs" / f"{n}.jpg")
-    lab.mkdir(parents=True, exist_ok=True)
+def link_micrographs(folder: Path, names: list[str]) -> Path:
+    """A folder of symlinks to the data set's micrographs ``names`` (made once)."""
+    if not folder.exists():
+        folder.mkdir(parents=True)
+        for n in names:
+            (folder / f"{n}.jpg").symlink_to(DATA / "micrographs" / f"{n}.jpg")
+    return folder
+
+
+def write_labels(folder: Path, names: list[str], regime: str, seed: int) -> Path:
+    """Curated picks of ``names``: all of them, or a seeded 30 % per micrograph ("30pct")."""
+    folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    for n in train:
+    for n in names:
         df = pd.read_csv(DATA / "coordinates" / f"{n}.csv")
         if regime == "30pct":
             k = max(1, int(round(0.3 * len(df))))
             df = df.iloc[np.sort(rng.choice(len(df), size=k, replace=False))]
-        df.to_csv(lab / f"{n}.csv", index=False)
-    return tr, te, lab
+        df.to_csv(folder / f"{n}.csv", index=False)
+    return folder
+
+
+def prepare(work: Path, regime: str, seed: int) -> tuple[Path, Path, Path]:
+    """Folders of symlinked micrographs (train/test) and the training labels for a regime."""
+    names = sorted(p.stem for p in (DATA / "micrographs").glob("*.jpg"))
+    train, test = names[:N_TRAIN], names[N_TRAIN:]
+    return (link_micrographs(work / "train_mics", train), link_micrographs(work / "test_mics", test),
+            write_labels(work / f"labels_{regime}_{seed}", train, regime, seed))
+
+
+def train(mics: Path, labels: Path, exp: Path, seed: int, train_args: list[str],
+          log_path: Path) -> float:
+    """``selfpick train`` with default settings plus ``train_args``; returns wall seconds."""
+    if exp.exists():
+        shutil.rmtree(exp)
+    return run(selfpick() + ["train", "--image-dir", str(mics), "--coords-file", str(labels),
+                             "--particle-diameter", str(DIAMETER), "--output-dir", str(exp),
+                             "--seed", str(seed), "-q", *train_args], log_path)
+
+
+def pick_all(model: Path, mics: Path, out: Path, log_path: Path,
+             pick_args: list[str] = ()) -> float:
+    """``selfpick pick`` keeping every candidate (``--threshold 0``), RELION STAR files."""
+    return run(selfpick() + ["pick", "--model", str(model), "--images", str(mics), "--output",
+                             str(out), "--threshold", "0", "--format", "star", "-q", *pick_args],
+               log_path)
 
 
 def evaluate(picks: Path, test_mics: Path, threshold: float | None, out: Path,
@@ -97,11 +124,7 @@ def one_run(work: Path, regime: str, seed: int, train_args: list[str]) -> dict:
     tr, te, lab = prepare(work, regime, seed)
     exp = work / f"exp_{regime}_{seed}"
     log_path = work / f"log_{regime}_{seed}.txt"
-    if exp.exists():
-        shutil.rmtree(exp)
-    t_train = run(selfpick() + ["train", "--image-dir", str(tr), "--coords-file", str(lab),
-                                "--particle-diameter", str(DIAMETER), "--output-dir", str(exp),
-                                "--seed", str(seed), "-q", *train_args], log_path)
+    t_train = train(tr, lab, exp, seed, train_args, log_path)
     metrics = json.loads((exp / "metrics.json").read_text())
     stages = {s["stage"]: s for s in metrics["stages"]}
     out: dict = {"regime": regime, "seed": seed, "train_seconds": round(t_train, 1),
@@ -110,9 +133,7 @@ def one_run(work: Path, regime: str, seed: int, train_args: list[str]) -> dict:
         model = exp / stage / "model.pt"
         thr = stages[stage]["threshold"]
         picks = exp / f"test_picks_{stage}"
-        t_pick = run(selfpick() + ["pick", "--model", str(model), "--images", str(te),
-                                   "--output", str(picks), "--threshold", "0", "--format", "star",
-                                   "-q"], log_path)
+        t_pick = pick_all(model, te, picks, log_path)
         p = evaluate(picks / "autopick.star", te, thr, exp / f"test_metrics_{stage}.json",
                      log_path)
         out["stages"][stage] = {

@@ -26,7 +26,6 @@ import argparse
 import datetime as dt
 import json
 import shlex
-import shutil
 import sys
 import tempfile
 import time
@@ -35,35 +34,22 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import DATA, DIAMETER, N_TRAIN, RADIUS, RESULTS, run, selfpick  # noqa: E402
+from accuracy import (DATA, N_TRAIN, RESULTS, evaluate, link_micrographs,  # noqa: E402
+                      pick_all, train, write_labels)
 
 N_FOLDS = 5
 
 
 def fold_folders(work: Path, fold: int, regime: str, seed: int) -> tuple[Path, Path, Path]:
     """Symlinked train/held-out micrograph folders and training labels for one fold."""
-    import pandas as pd
-
     names = sorted(p.stem for p in (DATA / "micrographs").glob("*.jpg"))[:N_TRAIN]
     held = names[2 * fold: 2 * fold + 2]
-    train = [n for n in names if n not in held]
+    train_names = [n for n in names if n not in held]
     base = work / f"fold{fold}"
-    tr, te, lab = base / "train_mics", base / "heldout_mics", base / f"labels_{regime}_{seed}"
-    for folder, subset in ((tr, train), (te, held)):
-        if not folder.exists():
-            folder.mkdir(parents=True)
-            for n in subset:
-                (folder / f"{n}.jpg").symlink_to(DATA / "micrographs" / f"{n}.jpg")
-    if not lab.exists():
-        lab.mkdir(parents=True)
-        rng = np.random.default_rng(seed)
-        for n in train:
-            df = pd.read_csv(DATA / "coordinates" / f"{n}.csv")
-            if regime == "30pct":
-                k = max(1, int(round(0.3 * len(df))))
-                df = df.iloc[np.sort(rng.choice(len(df), size=k, replace=False))]
-            df.to_csv(lab / f"{n}.csv", index=False)
-    return tr, te, lab
+    labels = base / f"labels_{regime}_{seed}"
+    return (link_micrographs(base / "train_mics", train_names),
+            link_micrographs(base / "heldout_mics", held),
+            labels if labels.exists() else write_labels(labels, train_names, regime, seed))
 
 
 def one_fold(work: Path, name: str, fold: int, regime: str, seed: int,
@@ -71,23 +57,13 @@ def one_fold(work: Path, name: str, fold: int, regime: str, seed: int,
     tr, te, lab = fold_folders(work, fold, regime, seed)
     exp = work / f"fold{fold}" / f"exp_{name}_{regime}_{seed}"
     log_path = exp.with_suffix(".log")
-    if exp.exists():
-        shutil.rmtree(exp)
-    t_train = run(selfpick() + ["train", "--image-dir", str(tr), "--coords-file", str(lab),
-                                "--particle-diameter", str(DIAMETER), "--output-dir", str(exp),
-                                "--seed", str(seed), "-q", *train_args], log_path)
+    t_train = train(tr, lab, exp, seed, train_args, log_path)
     metrics = json.loads((exp / "metrics.json").read_text())
     best = metrics["best_stage"]
     thr = next(s["threshold"] for s in metrics["stages"] if s["stage"] == best)
     picks = exp / "heldout_picks"
-    run(selfpick() + ["pick", "--model", str(exp / "best_model.pt"), "--images", str(te),
-                      "--output", str(picks), "--threshold", "0", "--format", "star", "-q",
-                      *pick_args], log_path)
-    out_json = exp / "heldout_metrics.json"
-    run(selfpick() + ["evaluate", "--picks", str(picks / "autopick.star"), "--image-dir", str(te),
-                      "--coords-file", str(DATA / "coordinates"), "--radius", str(RADIUS),
-                      "--threshold", str(thr), "--output", str(out_json), "-q"], log_path)
-    p = json.loads(out_json.read_text())["particle"]
+    pick_all(exp / "best_model.pt", te, picks, log_path, pick_args)
+    p = evaluate(picks / "autopick.star", te, thr, exp / "heldout_metrics.json", log_path)
     return {"fold": fold, "best_stage": best, "threshold": thr, "train_seconds": round(t_train, 1),
             **{k: p[k] for k in ("precision", "recall", "f1", "best_f1", "average_precision")}}
 
