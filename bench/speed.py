@@ -291,12 +291,11 @@ def measure_stages(path: Path, saved, device: str, repeats: int, out_dir: Path) 
     from selfpick.io import coords as coordio
     from selfpick.io.micrographs import micrograph_name, read_micrograph
     from selfpick.picking.inference import predict_probability
-    from selfpick.picking.peaks import particle_peaks
+    from selfpick.picking.pick import picks_from_probability
     from selfpick.preprocess import preprocess
 
     dev = torch.device(device)
     model = saved.model.to(dev)
-    r = saved.radius_model_px
     times: dict[str, list[float]] = {k: [] for k in ("read", "preprocess", "network", "peaks",
                                                       "write")}
     n_picks = 0
@@ -316,8 +315,7 @@ def measure_stages(path: Path, saved, device: str, repeats: int, out_dir: Path) 
         prob = predict_probability(model, torch.from_numpy(img), dev, amp=True)
         sync()
         t.append(time.perf_counter())
-        xy_m, scores = particle_peaks(prob, r, saved.min_distance, threshold=saved.threshold)
-        xy = scale.to_original(xy_m)
+        xy, scores = picks_from_probability(saved, prob, scale, data.shape, saved.threshold)
         t.append(time.perf_counter())
         name = micrograph_name(path)
         table = coordio.make_picks(name, xy, scores, saved.particle_diameter)
