@@ -317,9 +317,9 @@ def _setup(cfg: Config, out: Path, continuing: bool, argv: list[str], progress: 
     if cfg.pick.edge_margin is None:
         cfg.pick.edge_margin = label_edge_margin(ts.micrographs, ts.particle_diameter)
         if is_main:
-            log.info("edge margin %.0f px: no labelled particle is closer to a micrograph edge "
-                     "(picks there will be dropped; set --edge-margin to change)",
-                     cfg.pick.edge_margin)
+            log.info("edge margin %.0f px (how close to an edge the labelled particles come, "
+                     "at most one diameter): picks closer to an edge will be dropped; "
+                     "--edge-margin sets it", cfg.pick.edge_margin)
     val_mics = ts.subset("val")
     val_split = "val"
     if not val_mics:
