@@ -66,7 +66,7 @@ def measure_loop(data: Path, work: Path, args, device: str, workers: int) -> dic
 
     from selfpick.model.losses import CombinedLoss
     from selfpick.model.unet import UNet
-    from selfpick.training.data import CropDataset, load_training_set
+    from selfpick.training.data import CropDataset, crop_side, load_training_set
     from selfpick.training.loop import train_stage
     from selfpick.utils.runtime import resolve_device, seed_everything
 
@@ -78,7 +78,7 @@ def measure_loop(data: Path, work: Path, args, device: str, workers: int) -> dic
     model = UNet.from_config(cfg.model).to(dev)
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    crop = max(model.multiple, cfg.train.crop_size - cfg.train.crop_size % model.multiple)
+    crop = crop_side(cfg, model.multiple)
     dataset = CropDataset([m.image for m in mics], [m.gt_target for m in mics], crop,
                           cfg.train.crops_per_epoch, seed=0)
     loss_fn = CombinedLoss.from_config(cfg.loss)

@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from selfpick.config import PreprocessConfig
-from selfpick.preprocess import (Scale, area_downsample, choose_downsample, fourier_crop,
-                                 model_shape, normalize, preprocess)
+from selfpick.preprocess import (Scale, area_downsample, choose_downsample, choose_input_stride,
+                                 fourier_crop, model_shape, normalize, preprocess)
 
 
 def _blob(shape, x0, y0, sigma):
@@ -86,6 +86,22 @@ def test_choose_downsample():
     assert choose_downsample(200.0, PreprocessConfig(target_particle_px=20)) == pytest.approx(10)
     assert choose_downsample(10.0, PreprocessConfig(target_particle_px=20)) == 1.0  # never up
     assert choose_downsample(200.0, PreprocessConfig(downsample=3.0)) == 3.0  # explicit wins
+    # With input stride 2 the model image holds the particle at twice the size.
+    assert choose_downsample(200.0, PreprocessConfig(target_particle_px=20), 2) == \
+        pytest.approx(5)
+    assert choose_downsample(30.0, PreprocessConfig(target_particle_px=20), 2) == 1.0
+
+
+def test_choose_input_stride():
+    cfg = PreprocessConfig(target_particle_px=20)
+    assert choose_input_stride(108.0, cfg) == 2  # 108 px >= 2 x 20: twice the detail
+    assert choose_input_stride(40.0, cfg) == 2
+    assert choose_input_stride(39.0, cfg) == 1  # small particles: the grid would be too coarse
+    assert choose_input_stride(108.0, cfg, requested=1) == 1  # the user's choice wins
+    assert choose_input_stride(108.0, cfg, requested=3) == 3
+    # An explicit downsampling factor decides the particle's size in the model image.
+    assert choose_input_stride(108.0, PreprocessConfig(target_particle_px=20, downsample=3)) == 1
+    assert choose_input_stride(108.0, PreprocessConfig(target_particle_px=20, downsample=2.5)) == 2
 
 
 # ---------------------------------------------------------------- Scale

@@ -66,8 +66,10 @@ class DataConfig:
 class PreprocessConfig:
     downsample: float = opt(0.0, "downsampling factor (original px per model px); 0 chooses it "
                             "so a particle is --target-particle-px model pixels across", bounds=(0, None))
-    target_particle_px: float = opt(20.0, "particle diameter in model pixels when the "
-                                    "downsampling factor is chosen automatically", bounds=(0, None), above=True)
+    target_particle_px: float = opt(20.0, "particle diameter in pixels of the network's "
+                                    "working grid when the downsampling factor is chosen "
+                                    "automatically (the model image has --input-stride times "
+                                    "as many)", bounds=(0, None), above=True)
     downsample_method: str = opt("fourier", "Fourier cropping (exact for any factor, keeps the "
                                  "noise spectrum) or area averaging (faster)",
                                  choices=("fourier", "area"))
@@ -86,6 +88,12 @@ class ModelConfig:
     skip: str = opt("add", "how the decoder joins coarse and fine features: 'add' (1x1 "
                     "projection, upsample, add: about a third faster) or 'concat' (classic "
                     "U-Net)", choices=("add", "concat"))
+    input_stride: int = opt(0, "the U-Net runs on a grid this many times coarser than the "
+                            "model image: each stride x stride block of pixels enters as "
+                            "stride^2 channels and the output is unfolded back, so the network "
+                            "sees twice (stride 2) the detail at the cost of the coarser grid; "
+                            "0 = 2 when the particle is at least twice --target-particle-px "
+                            "across in the micrographs, else 1", bounds=(0, None))
 
 
 @dataclass
@@ -119,7 +127,9 @@ class TrainConfig:
                                               "(default: a third of --learning-rate)",
                                               bounds=(0, None), above=True)
     weight_decay: float = opt(1e-4, "AdamW weight decay", bounds=(0, None))
-    crop_size: int = opt(192, "side of the random training crops, in model pixels", bounds=(1, None))
+    crop_size: int = opt(0, "side of the random training crops, in model pixels; 0 = 192 "
+                         "pixels of the network's grid (192 x --input-stride model pixels)",
+                         bounds=(0, None))
     crops_per_epoch: int = opt(0, "crops per epoch; 0 = enough to cover the training "
                                "micrographs' area once (at least 64)", bounds=(0, None))
     grad_clip: float = opt(1.0, "gradient norm clipping (0 = off)", bounds=(0, None))
@@ -239,8 +249,9 @@ class Config:
 SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
 
 # What a saved configuration that lacks a setting meant when it was written: the U-Net's
-# decoder concatenated its skip connections until the "skip" setting was added.
-SAVED_BEFORE: dict[str, dict[str, Any]] = {"model": {"skip": "concat"}}
+# decoder concatenated its skip connections until the "skip" setting was added, and it read
+# the model image directly until "input_stride" was.
+SAVED_BEFORE: dict[str, dict[str, Any]] = {"model": {"skip": "concat", "input_stride": 1}}
 
 
 def _field_index() -> dict[str, tuple[str, dataclasses.Field]]:

@@ -59,15 +59,31 @@ class Scale:
         return xy * s
 
 
-def choose_downsample(diameter_px: float, cfg: PreprocessConfig) -> float:
+def choose_input_stride(diameter_px: float, cfg: PreprocessConfig, requested: int = 0) -> int:
+    """The U-Net's input stride (see ``ModelConfig.input_stride``) for a particle of
+    ``diameter_px`` original pixels: ``requested`` when given (> 0), else 2 when the particle
+    is at least ``2 * cfg.target_particle_px`` pixels across at the explicit downsampling
+    factor (or in the original micrograph), else 1.
+
+    The network's grid then holds a particle at about ``target_particle_px`` pixels either
+    way; a stride of 2 gives it the detail of twice that at the same cost.
+    """
+    if requested and requested > 0:
+        return int(requested)
+    particle = float(diameter_px) / (cfg.downsample if cfg.downsample and cfg.downsample > 0
+                                     else 1.0)
+    return 2 if particle >= 2 * float(cfg.target_particle_px) else 1
+
+
+def choose_downsample(diameter_px: float, cfg: PreprocessConfig, input_stride: int = 1) -> float:
     """Factor (original px per model px) for a particle of ``diameter_px`` original pixels.
 
     An explicit ``cfg.downsample`` wins; otherwise the particle becomes about
-    ``cfg.target_particle_px`` model pixels across. Never upsamples.
+    ``cfg.target_particle_px * input_stride`` model pixels across. Never upsamples.
     """
     if cfg.downsample and cfg.downsample > 0:
         return float(cfg.downsample)
-    return max(1.0, float(diameter_px) / float(cfg.target_particle_px))
+    return max(1.0, float(diameter_px) / (float(cfg.target_particle_px) * max(1, input_stride)))
 
 
 def model_shape(shape: tuple[int, int], factor: float) -> tuple[int, int]:

@@ -121,3 +121,64 @@ def test_saved_configs_without_the_skip_setting_mean_concat():
     assert Config.from_saved(old).model.skip == "concat"
     assert Config.from_dict(old).model.skip == "add"
     assert Config.from_saved(Config().to_dict()).model.skip == "add"
+
+
+@pytest.mark.parametrize("stride", [2, 3])
+def test_input_stride_keeps_the_model_image_grid(stride):
+    # The network runs on a grid `stride` times coarser, but takes and returns the model
+    # image's grid: one logit per input pixel, shapes a multiple of stride * 2**depth.
+    torch.manual_seed(3)
+    net = UNet(depth=2, width=4, input_stride=stride).eval()
+    assert net.multiple == stride * 4
+    assert net.inc[0].in_channels == stride**2
+    m = net.multiple
+    x = torch.randn(2, 1, 2 * m, 3 * m)
+    with torch.no_grad():
+        y = net(x)
+        fused = net.fused()(x)
+    assert y.shape == x.shape
+    torch.testing.assert_close(fused, y, rtol=1e-4, atol=1e-4)
+
+
+def test_input_stride_sees_every_pixel_of_a_block():
+    # Space-to-depth, not subsampling: changing any one pixel of a stride x stride block
+    # changes the output of that block.
+    torch.manual_seed(4)
+    net = UNet(depth=1, width=4, input_stride=2).eval()
+    x = torch.randn(1, 1, 8, 8)
+    with torch.no_grad():
+        base = net(x)
+        for dy, dx in [(0, 0), (0, 1), (1, 0), (1, 1)]:
+            x2 = x.clone()
+            x2[0, 0, 4 + dy, 4 + dx] += 5.0
+            assert not torch.allclose(net(x2)[0, 0, 4:6, 4:6], base[0, 0, 4:6, 4:6])
+
+
+def test_input_stride_travels_with_the_config():
+    cfg = Config()
+    cfg.update({"input_stride": 2, "depth": 2, "width": 4})
+    back = Config.from_dict(cfg.to_dict())
+    assert UNet.from_config(back.model).multiple == 8
+    with pytest.raises(InputError):
+        Config().update({"input_stride": -1})
+
+
+def test_saved_configs_without_an_input_stride_mean_stride_1():
+    old = Config().to_dict()
+    del old["model"]["input_stride"]
+    assert Config.from_saved(old).model.input_stride == 1
+    # Unresolved automatic stride (0) builds a plain network.
+    assert UNet.from_config(ModelConfig()).input_stride == 1
+
+
+@pytest.mark.parametrize("stride", [2, 3])
+def test_unfolded_output_has_no_pattern_repeating_every_stride_pixels(stride):
+    # Output channels that differ by a constant would tile the map with a period-`stride`
+    # pattern (a local maximum in every block); the triangle filter removes it exactly.
+    net = UNet(depth=1, width=4, input_stride=stride).eval()
+    with torch.no_grad():
+        net.head.weight.zero_()
+        net.head.bias.copy_(torch.arange(stride**2, dtype=torch.float32))
+        y = net(torch.zeros(1, 1, 6 * stride, 6 * stride))
+    inner = y[..., stride:-stride, stride:-stride]  # away from the padded border
+    torch.testing.assert_close(inner, torch.full_like(inner, (stride**2 - 1) / 2))

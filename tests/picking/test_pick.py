@@ -127,6 +127,34 @@ def test_trained_model_recovers_the_simulated_particles(trained_picker, tiny_dat
     assert m["precision"] > 0.85, m
 
 
+@pytest.mark.slow
+def test_a_network_with_input_stride_2_is_chosen_trained_and_picks_as_well(tiny_data, tmp_path):
+    # Particles 24 px across with a 12-px working grid: the automatic stride is 2, so the
+    # micrographs stay at full size (24 px per particle) and the network sees them through
+    # 2x2 blocks. The model file must say so, and picking must be as good as at stride 1.
+    from conftest import tiny_config
+
+    from selfpick.training.experiment import run_training
+
+    out = tmp_path / "exp"
+    run_training(tiny_config(tiny_data.output_dir, out, downsample=0.0, target_particle_px=12,
+                             initial_epochs=6, crops_per_epoch=32, self_training_iterations=0),
+                 progress=False)
+    saved = load_model(out / "best_model.pt")
+    assert saved.config.model.input_stride == 2
+    assert saved.downsample == 1.0
+    assert saved.model.multiple == 2 * 2**saved.config.model.depth
+    items = []
+    for path in tiny_data.micrographs:
+        picks = pick_micrograph(saved, path)
+        name = micrograph_name(path)
+        items.append((name, picks[["x", "y"]].to_numpy(), picks["score"].to_numpy(),
+                      tiny_data.truth[name]))
+    m = particle_metrics(items, radius=saved.particle_diameter / 4, threshold=saved.threshold)
+    assert m["recall"] > 0.85, m
+    assert m["precision"] > 0.85, m
+
+
 def test_tiny_model_puts_a_candidate_on_nearly_every_particle(saved, tiny_data):
     # Even the barely trained shared model has a local maximum on almost every particle
     # (ranking, not localisation, is what 2 epochs lack). All candidates (threshold 0) within

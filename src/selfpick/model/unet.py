@@ -47,14 +47,18 @@ class UNet(nn.Module):
     (``bench/NOTES.md``).
     """
 
-    def __init__(self, depth: int = 3, width: int = 16, norm: str = "batch", skip: str = "add"):
+    def __init__(self, depth: int = 3, width: int = 16, norm: str = "batch", skip: str = "add",
+                 input_stride: int = 1):
         super().__init__()
         if skip not in ("add", "concat"):
             raise ValueError(f"skip must be 'add' or 'concat', not {skip!r}")
+        if input_stride < 1:
+            raise ValueError(f"input_stride must be at least 1, not {input_stride!r}")
         self.depth = depth
         self.skip = skip
+        self.input_stride = input_stride
         chans = [width * 2**i for i in range(depth + 1)]
-        self.inc = DoubleConv(1, chans[0], norm)
+        self.inc = DoubleConv(input_stride**2, chans[0], norm)
         self.down = nn.ModuleList(DoubleConv(chans[i], chans[i + 1], norm) for i in range(depth))
         if skip == "add":
             self.reduce = nn.ModuleList(
@@ -68,14 +72,26 @@ class UNet(nn.Module):
             self.up = nn.ModuleList(
                 DoubleConv(chans[i + 1] + chans[i], chans[i], norm) for i in reversed(range(depth))
             )
-        self.head = nn.Conv2d(chans[0], 1, 1)
+        self.head = nn.Conv2d(chans[0], input_stride**2, 1)
         nn.init.constant_(self.head.bias, math.log(_PRIOR / (1 - _PRIOR)))
+        if input_stride > 1:
+            # The stride^2 output channels, unfolded, can differ slightly from each other and
+            # leave a pattern repeating every `stride` pixels: a local maximum in almost every
+            # block of a particle's plateau (10^5 peaks per micrograph for the peak finder).
+            # A triangle filter 2*stride-1 wide has zeros at exactly those frequencies.
+            k = torch.arange(1 - input_stride, input_stride, dtype=torch.float32)
+            tri = (input_stride - k.abs()) / input_stride**2
+            self.register_buffer("unfold_filter", (tri[:, None] * tri[None, :])[None, None],
+                                 persistent=False)
 
     @property
     def multiple(self) -> int:
-        return 2**self.depth
+        return 2**self.depth * self.input_stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.input_stride
+        if s > 1:
+            x = F.pixel_unshuffle(x, s)
         skips = [self.inc(x)]
         for block in self.down:
             skips.append(block(F.max_pool2d(skips[-1], 2)))
@@ -86,7 +102,11 @@ class UNet(nn.Module):
                 y = self.reduce[level](y)
             y = F.interpolate(y, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             y = block(y + skip if self.reduce is not None else torch.cat([y, skip], dim=1))
-        return self.head(y)
+        y = self.head(y)
+        if s == 1:
+            return y
+        y = F.pixel_shuffle(y, s)
+        return F.conv2d(F.pad(y, (s - 1,) * 4, mode="replicate"), self.unfold_filter)
 
     def fused(self) -> "UNet":
         """An inference copy with each BatchNorm folded into the convolution before it.
@@ -108,4 +128,6 @@ class UNet(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> "UNet":
-        return cls(cfg.depth, cfg.width, cfg.norm, cfg.skip)
+        # input_stride 0 (automatic) is resolved from the data before training
+        # (:func:`selfpick.training.data.load_training_set`); unresolved, it means 1.
+        return cls(cfg.depth, cfg.width, cfg.norm, cfg.skip, max(1, cfg.input_stride))

@@ -22,13 +22,16 @@ from selfpick.config import Config, PreprocessConfig
 from selfpick.errors import InputError
 from selfpick.io import coords as coordio
 from selfpick.io.micrographs import list_micrographs, micrograph_name, read_micrograph
-from selfpick.preprocess import Scale, choose_downsample, preprocess
+from selfpick.preprocess import Scale, choose_downsample, choose_input_stride, preprocess
 from selfpick.targets import IGNORE, make_target
 
 log = logging.getLogger(__name__)
 
 # The original script's default --particle-radius.
 LEGACY_RADIUS = 10.0
+# Training crop side in pixels of the network's grid: about ten particle diameters at the
+# default 20 px per particle, context enough for the U-Net's receptive field.
+DEFAULT_CROP = 192
 
 
 @dataclass
@@ -188,7 +191,11 @@ def load_training_set(cfg: Config, cache_dir: Path | None = None,
             "no coordinates match any micrograph by name: " + report.summary(), d.coords_file
         )
     diameter = resolve_diameter(cfg, picks)
-    factor = choose_downsample(diameter, cfg.preprocess)
+    # Resolved here, from the data, and saved with the configuration: a model file always
+    # says which stride its network has.
+    cfg.model.input_stride = choose_input_stride(diameter, cfg.preprocess,
+                                                 cfg.model.input_stride)
+    factor = choose_downsample(diameter, cfg.preprocess, cfg.model.input_stride)
     train_names, val_names = split_micrographs(labelled, cfg.train.val_fraction, cfg.train.seed)
     split = {n: "train" for n in train_names} | {n: "val" for n in val_names}
 
@@ -227,9 +234,10 @@ def load_training_set(cfg: Config, cache_dir: Path | None = None,
         micrographs.append(m)
     ts = TrainingSet(micrographs, diameter, factor, report)
     n_unl = len(ts.subset("unlabeled"))
-    log.info("particle diameter %.1f px; downsampling x%.2f (particle = %.1f model px); "
-             "%d training, %d validation, %d unlabelled micrographs",
-             diameter, factor, diameter / factor, len(train_names), len(val_names), n_unl)
+    log.info("particle diameter %.1f px; downsampling x%.2f (particle = %.1f model px, "
+             "network input stride %d); %d training, %d validation, %d unlabelled micrographs",
+             diameter, factor, diameter / factor, cfg.model.input_stride, len(train_names),
+             len(val_names), n_unl)
     return ts
 
 
@@ -289,6 +297,13 @@ class CropDataset(torch.utils.data.Dataset):
         x = np.ascontiguousarray(x, dtype=np.float32)
         t = np.ascontiguousarray(t, dtype=np.float32)
         return torch.from_numpy(x)[None], torch.from_numpy(t)[None]
+
+
+def crop_side(cfg: Config, multiple: int) -> int:
+    """Training crop side in model pixels: ``cfg.train.crop_size``, or 192 pixels of the
+    network's grid when it is 0; rounded down to a multiple of the network's ``multiple``."""
+    crop = cfg.train.crop_size or DEFAULT_CROP * max(1, cfg.model.input_stride)
+    return max(multiple, crop - crop % multiple)
 
 
 def default_crops_per_epoch(images: list[np.ndarray], crop: int, minimum: int = 64) -> int:

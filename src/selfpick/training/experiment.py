@@ -40,7 +40,7 @@ from selfpick.model.modelfile import load_model, save_model
 from selfpick.model.unet import UNet
 from selfpick.training import distributed as dist
 from selfpick.training.data import (CropDataset, TrainingMicrograph, TrainingSet,
-                                    default_crops_per_epoch, label_edge_margin,
+                                    crop_side, default_crops_per_epoch, label_edge_margin,
                                     load_training_set)
 from selfpick.training.loop import stage_learning_rate, train_stage
 from selfpick.training.pseudolabels import (PseudoLabelStats, label_shares, peak_pseudo_labels,
@@ -356,7 +356,7 @@ def _run_stages(cfg: Config, ts: TrainingSet, out: Path, device: torch.device,
     root = _read_root_metrics(out) if is_main else {"stages": []}
     n_stages = 1 + cfg.selftrain.self_training_iterations
     train_mics = ts.subset("train")
-    crop = max(model.multiple, cfg.train.crop_size - cfg.train.crop_size % model.multiple)
+    crop = crop_side(cfg, model.multiple)
     prev_val: ValidationResult | None = None
     stages: list[dict] = []
     best_f1, since_best = -1.0, 0
