@@ -92,6 +92,42 @@ def test_saturated_disk_gives_one_pick_at_its_centre():
     assert s[0] == pytest.approx(1.0, abs=1e-3)
 
 
+@pytest.mark.parametrize("radius", [20.0, 27.0, 41.0])
+def test_saturated_disk_of_a_fine_map_gives_one_pick_at_its_centre(radius):
+    # Maps with many pixels per particle (input stride 2: 40 px per particle) blur the
+    # tie-breaker on a coarser grid; the plateau must still peak once, at its centre.
+    size = int(4 * radius)
+    yy, xx = np.mgrid[0:size, 0:size]
+    cx, cy = size // 2 - 1, size // 2 + 2
+    prob = torch.from_numpy(((xx - cx) ** 2 + (yy - cy) ** 2 <= radius**2).astype(np.float32))
+    # (Threshold 0.5: the blur's far tails leave maxima of ~1e-12 in empty corners, which
+    # picking never reaches -- its lowest threshold is KEEP_ALL_FLOOR.)
+    xy, s = find_peaks(score_map(prob, radius), min_distance=radius, threshold=0.5)
+    assert len(xy) == 1
+    np.testing.assert_allclose(xy[0], [cx, cy], atol=1.0)
+    assert s[0] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_coarse_grid_blur_is_close_to_the_full_blur():
+    # Only the tie-breaker is blurred on the coarse grid: the score map stays within a
+    # small fraction of the tie-break weight of the one blurred at full resolution.
+    from selfpick.picking.peaks import TIE_BREAK
+
+    prob = _blobs((120, 100), [(30, 40), (70, 80), (50, 20)], sigma=12.0)
+    radius = 24.0
+    full = prob + TIE_BREAK * smooth(prob, 0.5 * radius)
+    assert torch.allclose(score_map(prob, radius), full, atol=0.05 * TIE_BREAK)
+
+
+@pytest.mark.parametrize("shape", [(1, 5), (2, 2), (7, 1), (31, 17)])
+def test_3x3_maximum_equals_max_pooling(shape):
+    from selfpick.picking.peaks import _max3x3
+
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(sum(shape)))
+    pooled = torch.nn.functional.max_pool2d(x[None, None], 3, stride=1, padding=1)[0, 0]
+    torch.testing.assert_close(_max3x3(x), pooled, rtol=0, atol=0)
+
+
 def test_flat_plateau_of_ones_gives_one_pick():
     # Without smoothing every plateau pixel ties in the max-pool; the suppression keeps one.
     scores = torch.zeros(40, 40)

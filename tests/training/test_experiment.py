@@ -67,7 +67,9 @@ def test_experiment_folder_layout(tiny_experiment, tiny_data):
     split = cfg["split"]
     assert sorted(split["train"] + split["val"]) == sorted(tiny_data.labels)
     assert len(split["val"]) == 1 and split["unlabeled"] == []
-    assert cfg["config"]["model"] == {"depth": 2, "width": 8, "norm": "batch", "skip": "add"}
+    # The automatic input stride is saved resolved (12-px particles: 1), never as 0.
+    assert cfg["config"]["model"] == {"depth": 2, "width": 8, "norm": "batch", "skip": "add",
+                                      "input_stride": 1}
 
     log = (out / "training.log").read_text()
     assert "iteration_0_supervised epoch 2/2" in log

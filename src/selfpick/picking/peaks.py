@@ -55,10 +55,25 @@ def smooth(prob: torch.Tensor, sigma: float) -> torch.Tensor:
 TIE_BREAK = 1e-3
 
 
+# The tie-breaking blur is computed on a grid where the particle radius is 10 to 20 pixels,
+# then interpolated back: the same smooth surface at a fraction of the cost on fine maps
+# (a 40-px particle: 4x fewer pixels and a kernel half as wide).
+BLUR_GRID_RADIUS = 10.0
+
+
 def score_map(prob: torch.Tensor, radius: float) -> torch.Tensor:
     """The map peaks are found on: ``prob`` plus a tie-breaking thousandth of ``prob``
     smoothed over half the particle ``radius`` (model pixels)."""
-    return prob + TIE_BREAK * smooth(prob, max(1.0, 0.5 * radius))
+    f = max(1, int(radius // BLUR_GRID_RADIUS))
+    if f == 1:
+        return prob + TIE_BREAK * smooth(prob, max(1.0, 0.5 * radius))
+    coarse = F.avg_pool2d(prob[None, None], f, stride=f, ceil_mode=True)[0, 0]
+    blur = smooth(coarse, max(1.0, 0.5 * radius / f))
+    # Block i of the coarse grid is centred on map pixel f*i + (f-1)/2: align_corners=False
+    # interpolation puts it there.
+    blur = F.interpolate(blur[None, None], scale_factor=f, mode="bilinear",
+                         align_corners=False)[0, 0, : prob.shape[0], : prob.shape[1]]
+    return prob + TIE_BREAK * blur
 
 
 def particle_peaks(prob: torch.Tensor, radius: float, min_distance: float,
@@ -124,8 +139,7 @@ def find_peaks(scores: torch.Tensor, min_distance: float, threshold: float = 0.0
     score: ``(N,)`` float array, descending.
     """
     h, w = scores.shape
-    pooled = F.max_pool2d(scores[None, None], kernel_size=3, stride=1, padding=1)[0, 0]
-    is_max = (scores >= pooled) & (scores >= threshold) & (scores > 0)
+    is_max = (scores >= _max3x3(scores)) & (scores >= threshold) & (scores > 0)
     if edge_margin > 0:
         m = int(np.ceil(edge_margin))
         is_max[:m, :] = False
@@ -146,6 +160,20 @@ def find_peaks(scores: torch.Tensor, min_distance: float, threshold: float = 0.0
     if max_peaks is not None:
         xy, vals = xy[:max_peaks], vals[:max_peaks]
     return xy, vals
+
+
+def _max3x3(x: torch.Tensor) -> torch.Tensor:
+    """The maximum over each pixel's 3x3 neighbourhood of a ``(H, W)`` map (edges
+    replicated, which leaves the maxima where ``max_pool2d`` with padding puts them).
+
+    Separable maxima of shifted views: on a CPU ten times faster than ``max_pool2d``,
+    whose one-channel path does not vectorise.
+    """
+    if min(x.shape) < 2:
+        return F.max_pool2d(x[None, None], kernel_size=3, stride=1, padding=1)[0, 0]
+    p = F.pad(x[None, None], (1, 1, 1, 1), mode="replicate")[0, 0]
+    rows = torch.maximum(torch.maximum(p[:, :-2], p[:, 2:]), p[:, 1:-1])
+    return torch.maximum(torch.maximum(rows[:-2], rows[2:]), rows[1:-1])
 
 
 def _subpixel(scores: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor, axis: int) -> torch.Tensor:
