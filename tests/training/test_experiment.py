@@ -380,3 +380,53 @@ def test_an_edge_margin_given_by_the_user_is_kept(tiny_data, tmp_path):
     run_training(cfg, progress=False)
     assert _read(tmp_path / "exp" / "config.json")["config"]["pick"]["edge_margin"] == 0.0
     assert load_model(tmp_path / "exp" / "best_model.pt").edge_margin == 0.0
+
+
+def _pool_for_pseudo_labels(tmp_path):
+    """Two labelled training micrographs and one without labels, with a blob the labels
+    leave out; a network untouched by training (its maps are the prior everywhere)."""
+    from selfpick.preprocess import Scale
+    from selfpick.targets import make_target
+    from selfpick.training.data import TrainingMicrograph, TrainingSet
+
+    rng = np.random.default_rng(0)
+    mics = []
+    for i, split in enumerate(["train", "train", "unlabeled"]):
+        img = rng.normal(size=(64, 64)).astype(np.float32)
+        truth = None if split == "unlabeled" else np.array([[20.0, 20.0], [44.0, 40.0]])
+        m = TrainingMicrograph(f"m{i}", tmp_path / f"m{i}.mrc", img, Scale(1.0, 1.0), (64, 64),
+                               truth, split)
+        m.gt_target = make_target(img.shape, m.truth_model(), 5.0, labelled=m.labelled)
+        mics.append(m)
+    return TrainingSet(mics, particle_diameter=10.0, downsample=1.0)
+
+
+@pytest.mark.parametrize("completeness", [0.97, 0.3])
+def test_complete_labels_keep_their_targets_in_self_training(tmp_path, completeness):
+    # Complete labels: what the user did not pick in a labelled micrograph was rejected, so
+    # those micrographs train on their own targets; only the unlabelled one is pseudo-
+    # labelled. Incomplete labels: every micrograph gets pseudo-labels (ground truth still
+    # wins on the labelled disks).
+    from selfpick.config import Config
+    from selfpick.model.unet import UNet
+    from selfpick.training.validate import ValidationResult
+
+    ts = _pool_for_pseudo_labels(tmp_path)
+    cfg = Config()
+    cfg.update({"depth": 1, "width": 4, "edge_margin": 0.0})
+    val = ValidationResult({}, 0.5, completeness, [], np.array([0.9, 0.1]),
+                           np.array([1.0, 0.5]))
+    torch.manual_seed(0)
+    maps, stats = experiment._pseudo_labels(1, cfg, ts, UNet(1, 4).eval(), torch.device("cpu"),
+                                            val, tmp_path / "stage", progress=False)
+    labelled = [m for m in ts.micrographs if m.labelled]
+    kept = [np.array_equal(pl, m.gt_target) for pl, m in zip(maps, ts.micrographs)]
+    if completeness >= validate_module.COMPLETE_LABELS:
+        assert kept == [True, True, False]
+        assert stats.n_kept_targets == len(labelled) == 2
+        assert "kept their own targets" in stats.describe()
+    else:
+        assert kept == [False, False, False]
+        assert stats.n_kept_targets == 0
+    # Either way every micrograph of the pool has a map, saved for the other DDP ranks.
+    assert len(maps) == 3 and len(list((tmp_path / "stage" / "pseudo_labels").glob("*.npy"))) == 3
