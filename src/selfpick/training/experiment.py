@@ -46,8 +46,7 @@ from selfpick.training.loop import stage_learning_rate, train_stage
 from selfpick.training.pseudolabels import (PseudoLabelStats, label_shares, peak_pseudo_labels,
                                             pixel_pseudo_labels, score_for_precision,
                                             threshold_schedule)
-from selfpick.training.validate import (COMPLETE_LABELS, ValidationResult, predict_micrographs,
-                                        validate)
+from selfpick.training.validate import ValidationResult, predict_micrographs, validate
 from selfpick.utils.atomic import atomic_path, atomic_write_json, ensure_writable_dir
 from selfpick.utils.runtime import resolve_device, seed_everything, tune_allocator, versions
 
@@ -176,29 +175,13 @@ def _resolve_resume_config(out: Path, cfg: Config, explicit: set[str] | None) ->
 def _pseudo_labels(k: int, cfg: Config, ts: TrainingSet, model: torch.nn.Module,
                    device: torch.device, val: ValidationResult, stage_dir: Path,
                    progress: bool) -> tuple[list[np.ndarray], PseudoLabelStats]:
-    """Pseudo-labels of iteration ``k`` for the training and unlabelled micrographs.
-
-    When the validation micrographs say the labels are complete (estimated completeness at
-    least ``COMPLETE_LABELS``), a blob the user left unpicked in a labelled micrograph was
-    left out on purpose: those micrographs keep their ground-truth targets, and only
-    micrographs without labels get pseudo-labels. (Turning such blobs into pseudo-particles
-    or ignored disks taught the network to pick what the user had rejected: on EMPIAR-10017
-    with all curated labels, every self-training stage had a lower validation AP.)
-    """
+    """Pseudo-labels of iteration ``k`` for the training and unlabelled micrographs."""
     st = cfg.selftrain
     pos, neg = threshold_schedule(k, st)
     pool = ts.subset("train") + ts.subset("unlabeled")
-    keep_labels = val.completeness >= COMPLETE_LABELS
-    to_label = [m for m in pool if not (keep_labels and m.labelled)]
-    if keep_labels:
-        log.info("iteration %d: the labels look complete (estimated %.0f%% of the particles "
-                 "labelled): %d labelled micrograph(s) keep their own targets, %d "
-                 "micrograph(s) without labels get pseudo-labels", k, 100 * val.completeness,
-                 len(pool) - len(to_label), len(to_label))
-    preds = predict_micrographs(model, to_label, ts.radius_model, device, cfg.pick.min_distance,
+    preds = predict_micrographs(model, pool, ts.radius_model, device, cfg.pick.min_distance,
                                 amp=cfg.train.amp, desc=f"Pseudo-labelling (iteration {k})",
                                 progress=progress, edge_margin=cfg.pick.edge_margin)
-    by_name = {m.name: p for m, p in zip(to_label, preds)}
     pos_score = None
     if st.pseudo_label_mode == "peaks":
         if st.calibrate_thresholds:
@@ -211,11 +194,7 @@ def _pseudo_labels(k: int, cfg: Config, ts: TrainingSet, model: torch.nn.Module,
             pos_score = pos
     maps, n_new = [], 0
     r = ts.radius_model
-    for m in pool:
-        p = by_name.get(m.name)
-        if p is None:
-            maps.append(np.array(m.gt_target, dtype=np.int8))
-            continue
+    for m, p in zip(pool, preds):
         if st.pseudo_label_mode == "peaks":
             pl = peak_pseudo_labels(p.prob, p.xy_model, p.scores, m.gt_target, m.labelled, r,
                                     pos_score, neg, cfg.targets)
@@ -228,8 +207,7 @@ def _pseudo_labels(k: int, cfg: Config, ts: TrainingSet, model: torch.nn.Module,
         maps.append(pl)
     n, sp, sn, si = label_shares(maps)
     stats = PseudoLabelStats(st.pseudo_label_mode, pos, neg, pos_score if pos_score is None or
-                             np.isfinite(pos_score) else None, len(pool), n, sp, sn, si, n_new,
-                             len(pool) - len(to_label))
+                             np.isfinite(pos_score) else None, len(pool), n, sp, sn, si, n_new)
     save_dir = stage_dir / "pseudo_labels"
     save_dir.mkdir(parents=True, exist_ok=True)
     for m, pl in zip(pool, maps):

@@ -13,9 +13,7 @@ positive threshold is expressed as a *validation precision* ("pseudo-particles a
 score gives at least 95 % precision on the validation micrographs"), so the schedule means the
 same whatever the network's calibration.
 
-In both modes ground truth wins: labelled particles stay 1 and their rings stay ignored; and
-when the labels look complete, labelled micrographs keep their targets whole (only
-micrographs without labels get pseudo-labels, see ``experiment._pseudo_labels``).
+In both modes ground truth wins: labelled particles stay 1 and their rings stay ignored.
 """
 
 from __future__ import annotations
@@ -121,7 +119,6 @@ class PseudoLabelStats:
     share_negative: float
     share_ignore: float
     n_pseudo_particles: int  # confident detections not explained by a labelled particle
-    n_kept_targets: int = 0  # labelled micrographs that kept their ground truth (complete labels)
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -131,14 +128,10 @@ class PseudoLabelStats:
                f"neg {self.negative_threshold:.3f}")
         if self.positive_score is not None:
             txt += f", score >= {self.positive_score:.3f}"
-        txt += (f"): {self.share_positive:.1%} positive, {self.share_negative:.1%} "
+        return (txt + f"): {self.share_positive:.1%} positive, {self.share_negative:.1%} "
                 f"background, {self.share_ignore:.1%} ignored pixels; "
                 f"{self.n_pseudo_particles} pseudo-particles added on "
-                f"{self.n_micrographs - self.n_kept_targets} micrographs")
-        if self.n_kept_targets:
-            txt += (f"; {self.n_kept_targets} labelled micrographs kept their own targets "
-                    "(labels look complete)")
-        return txt
+                f"{self.n_micrographs} micrographs")
 
 
 def label_shares(maps: list[np.ndarray]) -> tuple[int, float, float, float]:
