@@ -61,8 +61,8 @@ def unfold_blocks(y: torch.Tensor, s: int) -> torch.Tensor:
 class UNet(nn.Module):
     """U-Net with ``depth`` 2x downsamplings and ``width * 2**level`` channels per level.
 
-    Input ``(B, 1, H, W)`` with ``H`` and ``W`` multiples of ``2**depth`` (see
-    :attr:`multiple`); output logits ``(B, 1, H, W)``.
+    Input ``(B, 1, H, W)`` with ``H`` and ``W`` multiples of :attr:`multiple`
+    (``2**depth * input_stride``); output logits ``(B, 1, H, W)``.
 
     ``input_stride`` s > 1 folds each ``s x s`` block of the input into ``s*s`` channels
     (pixel unshuffle), so the network works on a grid ``s`` times coarser while seeing every
