@@ -94,7 +94,8 @@ def measure_loop(data: Path, work: Path, args, device: str, workers: int) -> dic
     return {
         "kind": "loop", "device": str(dev), "workers": workers, "processes": 1,
         "batch_size": cfg.train.batch_size, "crop_size": crop,
-        "architecture": {"depth": cfg.model.depth, "width": cfg.model.width},
+        "architecture": {"depth": cfg.model.depth, "width": cfg.model.width,
+                         "input_stride": cfg.model.input_stride},
         "amp": bool(cfg.train.amp and dev.type == "cuda"),
         "crops_per_epoch": len(dataset), "epochs": args.epochs, "epoch_seconds": secs,
         "seconds_per_epoch": per_epoch, "patches_per_s": len(dataset) / per_epoch,
