@@ -5,8 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from selfpick.picking.peaks import find_peaks, inside_margin, micrograph_peaks, score_map, smooth
+from selfpick.picking.peaks import (_greedy_nms, find_peaks, inside_margin, micrograph_peaks,
+                                    score_map, smooth)
 from selfpick.preprocess import Scale
 
 
@@ -222,3 +225,34 @@ def test_an_edge_peak_does_not_suppress_a_particle_just_inside_the_margin():
 def test_inside_margin_is_inclusive():
     xy = np.array([[3, 3], [2.9, 10], [10, 16], [10, 16.1]])
     assert inside_margin(xy, (20, 20), 3.0).tolist() == [True, False, True, False]
+
+
+def _greedy_reference(xy: np.ndarray, min_distance: float) -> list[int]:
+    """Greedy suppression by brute force: a point survives unless a kept better one is closer
+    than ``min_distance``."""
+    kept: list[int] = []
+    for i in range(len(xy)):
+        if all(np.hypot(*(xy[i] - xy[j])) > min_distance - 1e-9 for j in kept):
+            kept.append(i)
+    return kept
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(0, 60), min_distance=st.floats(0.5, 25.0), integer=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_greedy_nms_matches_brute_force_suppression(n, min_distance, integer, seed):
+    rng = np.random.default_rng(seed)
+    xy = rng.uniform(-30, 60, size=(n, 2))
+    if integer:  # exact ties in distance, as on a pixel grid
+        xy = np.round(xy)
+    assert _greedy_nms(xy, min_distance).tolist() == _greedy_reference(xy, min_distance)
+
+
+def test_flat_region_gives_picks_spaced_by_the_minimum_distance():
+    # A blank region (constant input -> constant network output) makes every pixel a tied
+    # maximum; suppression must still return a proper lattice of picks, not one per pixel.
+    scores = torch.full((300, 300), 0.05)
+    xy, s = find_peaks(scores, min_distance=20)
+    assert _min_pairwise(xy) >= 20 - 1e-9
+    assert 100 <= len(xy) <= (300 // 20 + 1) ** 2 * 2
+    assert np.all(s == np.float32(0.05))

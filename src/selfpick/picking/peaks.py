@@ -19,7 +19,6 @@ import numpy as np
 import scipy.ndimage
 import torch
 import torch.nn.functional as F
-from scipy.spatial import cKDTree
 
 
 def gaussian_kernel1d(sigma: float, device: torch.device) -> torch.Tensor:
@@ -202,23 +201,32 @@ def _greedy_nms(xy: np.ndarray, min_distance: float) -> np.ndarray:
 
     A kept point suppresses every later point closer than ``min_distance``; a suppressed point
     suppresses nothing (so a chain a > b > c with a-b and b-c close but a-c far keeps a and c).
+
+    Kept points are hashed into square cells one ``min_distance`` wide, so each point is
+    compared only with the few kept points of its 3x3 cells. Listing every close pair first
+    (a k-d tree) costs the square of the local density: a flat region of a micrograph (a
+    blank border, a saturated patch) makes every pixel a tied maximum, and 40,000 such
+    candidates made 16 million pairs and 25 s of NMS on one 1024^2 image.
     """
     n = len(xy)
     if n < 2 or min_distance <= 0:
         return np.arange(n)
-    tree = cKDTree(xy)
-    pairs = tree.query_pairs(r=min_distance - 1e-9, output_type="ndarray")
-    if len(pairs) == 0:
-        return np.arange(n)
-    suppressed = np.zeros(n, dtype=bool)
-    # Neighbours of i that come later in the ranking.
-    later = [[] for _ in range(n)]
-    for a, b in pairs:
-        i, j = (a, b) if a < b else (b, a)
-        later[i].append(j)
-    for i in range(n):
-        if suppressed[i]:
-            continue
-        for j in later[i]:
-            suppressed[j] = True
-    return np.flatnonzero(~suppressed)
+    r2 = (min_distance - 1e-9) ** 2
+    cells = np.floor(np.asarray(xy, dtype=np.float64) / min_distance).astype(np.int64)
+    grid: dict[tuple[int, int], list[tuple[float, float]]] = {}
+    keep = []
+    for i, (x, y, cx, cy) in enumerate(zip(xy[:, 0].tolist(), xy[:, 1].tolist(),
+                                            cells[:, 0].tolist(), cells[:, 1].tolist())):
+        if not _near_kept(grid, x, y, cx, cy, r2):
+            keep.append(i)
+            grid.setdefault((cx, cy), []).append((x, y))
+    return np.asarray(keep, dtype=np.int64)
+
+
+def _near_kept(grid: dict, x: float, y: float, cx: int, cy: int, r2: float) -> bool:
+    for gx in (cx - 1, cx, cx + 1):
+        for gy in (cy - 1, cy, cy + 1):
+            for px, py in grid.get((gx, gy), ()):
+                if (px - x) ** 2 + (py - y) ** 2 <= r2:
+                    return True
+    return False
