@@ -37,7 +37,8 @@ from selfpick.model.modelfile import load_model
 from selfpick.utils.atomic import atomic_path, atomic_write_json, atomic_write_text
 
 SUPERVISED, SELFTRAIN = "iteration_0_supervised", "iteration_1_selftrain"
-TINY_TRAIN = ["--initial-epochs", "1", "--self-training-iterations", "1", "--retrain-epochs",
+TINY_TRAIN = ["--initial-epochs", "1", "--self-training-iterations", "1",
+              "--self-train-complete-labels", "--retrain-epochs",
               "1", "--crop-size", "64", "--crops-per-epoch", "8", "--batch-size", "4",
               "--downsample", "2", "--depth", "2", "--width", "8", "--device", "cpu",
               "--particle-diameter", "24"]

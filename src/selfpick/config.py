@@ -165,6 +165,11 @@ class SelfTrainConfig:
                                      "with the model's real calibration")
     early_stop_patience: int = opt(0, "stop self-training after this many iterations without a "
                                    "better validation particle F1 (0 = never)", bounds=(0, None))
+    self_train_complete_labels: bool = opt(False, "self-train even when the validation labels "
+                                           "look complete (8 in 10 or more of the picks the model "
+                                           "is surest of carry a label); by default training "
+                                           "then stops after the supervised stage, since "
+                                           "self-training learns from unlabelled particles")
 
 
 @dataclass
@@ -250,8 +255,10 @@ SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
 
 # What a saved configuration that lacks a setting meant when it was written: the U-Net's
 # decoder concatenated its skip connections until the "skip" setting was added, and it read
-# the model image directly until "input_stride" was.
-SAVED_BEFORE: dict[str, dict[str, Any]] = {"model": {"skip": "concat", "input_stride": 1}}
+# the model image directly until "input_stride" was, and self-training ran whatever the
+# labels' completeness until "self_train_complete_labels" was added.
+SAVED_BEFORE: dict[str, dict[str, Any]] = {"model": {"skip": "concat", "input_stride": 1},
+                                            "selftrain": {"self_train_complete_labels": True}}
 
 
 def _field_index() -> dict[str, tuple[str, dataclasses.Field]]:

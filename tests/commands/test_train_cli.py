@@ -17,7 +17,9 @@ ORIGINAL_FLAGS = ["--image-dir", "--coords-file", "--output-dir", "--initial-epo
 
 # The tiny_config settings (conftest) that the original script had no flags for.
 TINY = {"depth": 2, "width": 8, "crop_size": 64, "crops_per_epoch": 16, "downsample": 2.0,
-        "val_fraction": 0.25, "seed": 0}
+        "val_fraction": 0.25, "seed": 0,
+        # The simulated labels are complete; the original script self-trained regardless.
+        "self_train_complete_labels": True}
 
 
 def test_help_lists_the_original_scripts_flags(capsys):

@@ -380,3 +380,46 @@ def test_an_edge_margin_given_by_the_user_is_kept(tiny_data, tmp_path):
     run_training(cfg, progress=False)
     assert _read(tmp_path / "exp" / "config.json")["config"]["pick"]["edge_margin"] == 0.0
     assert load_model(tmp_path / "exp" / "best_model.pt").edge_margin == 0.0
+
+
+def test_complete_labels_end_training_after_the_supervised_stage(tiny_data, tmp_path,
+                                                                 monkeypatch):
+    # Any completeness counts as complete here, so the tiny model's estimate cannot matter.
+    monkeypatch.setattr(experiment, "COMPLETE_LABELS", 0.0)
+    out = tmp_path / "exp"
+    cfg = tiny_config(tiny_data.output_dir, out, self_training_iterations=2,
+                      self_train_complete_labels=False, initial_epochs=1)
+    result = run_training(cfg, progress=False)
+    root = _read(out / "metrics.json")
+    assert [s["stage"] for s in root["stages"]] == [STAGES[0]]
+    assert "labels look complete" in root["self_training_skipped"]
+    assert result.best_stage == STAGES[0] and not (out / STAGES[1]).exists()
+    assert (out / "best_model.pt").read_bytes() == (out / STAGES[0] / "model.pt").read_bytes()
+    assert "no self-training" in (out / "training.log").read_text()
+
+    # Resuming with the override runs the self-training it skipped, and says so no more.
+    cfg.selftrain.self_train_complete_labels = True
+    cfg.selftrain.self_training_iterations = 1
+    run_training(cfg, resume=True, progress=False)
+    root = _read(out / "metrics.json")
+    assert [s["stage"] for s in root["stages"]] == STAGES
+    assert "self_training_skipped" not in root
+
+
+def test_incomplete_labels_still_self_train(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(experiment, "COMPLETE_LABELS", 1.01)  # no estimate reaches it
+    out = tmp_path / "exp"
+    cfg = tiny_config(tiny_data.output_dir, out, self_train_complete_labels=False,
+                      initial_epochs=1)
+    run_training(cfg, progress=False)
+    root = _read(out / "metrics.json")
+    assert [s["stage"] for s in root["stages"]] == STAGES
+    assert "self_training_skipped" not in root
+
+
+def test_experiments_saved_before_the_setting_self_trained_regardless():
+    from selfpick.config import Config
+
+    assert Config().selftrain.self_train_complete_labels is False
+    old = Config.from_saved({"selftrain": {"self_training_iterations": 2}})
+    assert old.selftrain.self_train_complete_labels is True

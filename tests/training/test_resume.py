@@ -48,7 +48,8 @@ def _flags(data_dir: Path, out: Path) -> list[str]:
         "--particle-diameter", "24", "--downsample", "2", "--depth", "2", "--width", "8",
         "--crop-size", "64", "--crops-per-epoch", str(CROPS_PER_EPOCH), "--batch-size", "4",
         "--initial-epochs", "3", "--retrain-epochs", str(RETRAIN_EPOCHS),
-        "--self-training-iterations", "1", "--val-fraction", "0.25", "--seed", "0",
+        "--self-training-iterations", "1", "--self-train-complete-labels",
+        "--val-fraction", "0.25", "--seed", "0",
         "--deterministic", "--device", "cpu",
     ]
 
