@@ -15,6 +15,7 @@ single fold moves by a few hundredths between settings by chance; compare means 
 Usage:
   python bench/tune_cv.py --config default "" --config depth4 "--depth 4"
   python bench/tune_cv.py --folds 0 1 --config long "--initial-epochs 80"
+  python bench/tune_cv.py --all-stages --config st "--self-train-complete-labels"
 
 Writes bench/results/tune_cv.json (appending configurations already there) and prints a
 Markdown table. Skips (exit 0) when the real data set is absent.
@@ -53,7 +54,7 @@ def fold_folders(work: Path, fold: int, regime: str, seed: int) -> tuple[Path, P
 
 
 def one_fold(work: Path, name: str, fold: int, regime: str, seed: int,
-             train_args: list[str], pick_args: list[str]) -> dict:
+             train_args: list[str], pick_args: list[str], all_stages: bool = False) -> dict:
     tr, te, lab = fold_folders(work, fold, regime, seed)
     exp = work / f"fold{fold}" / f"exp_{name}_{regime}_{seed}"
     log_path = exp.with_suffix(".log")
@@ -64,8 +65,19 @@ def one_fold(work: Path, name: str, fold: int, regime: str, seed: int,
     picks = exp / "heldout_picks"
     pick_all(exp / "best_model.pt", te, picks, log_path, pick_args)
     p = evaluate(picks / "autopick.star", te, thr, exp / "heldout_metrics.json", log_path)
-    return {"fold": fold, "best_stage": best, "threshold": thr, "train_seconds": round(t_train, 1),
-            **{k: p[k] for k in ("precision", "recall", "f1", "best_f1", "average_precision")}}
+    keys = ("precision", "recall", "f1", "best_f1", "average_precision")
+    row = {"fold": fold, "best_stage": best, "threshold": thr, "train_seconds": round(t_train, 1),
+           **{k: p[k] for k in keys}}
+    if all_stages:  # every stage's model on the held-out pair, each at its own threshold
+        row["stages"] = {}
+        for s in metrics["stages"]:
+            st = s["stage"]
+            sp = exp / f"heldout_picks_{st}"
+            pick_all(exp / st / "model.pt", te, sp, log_path, pick_args)
+            q = evaluate(sp / "autopick.star", te, s["threshold"], exp / f"heldout_{st}.json",
+                         log_path)
+            row["stages"][st] = {"threshold": s["threshold"], **{k: q[k] for k in keys}}
+    return row
 
 
 def summary(folds: list[dict]) -> dict:
@@ -87,6 +99,9 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default=None, help="working folder (default: a temporary one)")
     ap.add_argument("--output", default=str(RESULTS / "tune_cv.json"))
+    ap.add_argument("--all-stages", action="store_true",
+                    help="also score every stage's model on the held-out micrographs (to "
+                         "compare self-training stages)")
     args = ap.parse_args()
     if not DATA.is_dir():
         print(f"skipped: the real data set is not at {DATA}")
@@ -102,7 +117,7 @@ def main() -> int:
         folds = []
         for fold in args.folds:
             f = one_fold(work, name, fold, args.regime, args.seed, shlex.split(train_args),
-                         pick_args)
+                         pick_args, args.all_stages)
             folds.append(f)
             print(f"{name} fold {fold}: F1 {f['f1']:.3f} (P {f['precision']:.3f} "
                   f"R {f['recall']:.3f}) best-F1 {f['best_f1']:.3f} "
@@ -124,7 +139,8 @@ def main() -> int:
     for name, c in results["configs"].items():
         s = c["summary"]
         print(f"| {name} | `{c['train_args']}` | {ms(s['f1'])} | {ms(s['best_f1'])} | "
-              f"{ms(s['average_precision'])} | {s['train_seconds'][0]:.0f} | {s['n_folds']} |")
+              f"{ms(s['average_precision'])} | {s.get('train_seconds', [float('nan')])[0]:.0f} | "
+              f"{s['n_folds']} |")
     return 0
 
 
