@@ -1,4 +1,5 @@
-"""Train a picker: supervised U-Net training, then iterative self-training.
+"""Train a picker: supervised U-Net training, then iterative self-training on the particles
+you did not label (skipped when your labels look complete; --self-train-complete-labels).
 
 Examples:
   # CryoPPP-style per-micrograph CSVs (diameter taken from the files)
