@@ -1,4 +1,4 @@
-"""Run the whole pipeline on built-in simulated data (about 1.5 minutes on a 2-core CPU).
+"""Run the whole pipeline on built-in simulated data (a minute or so on a 2-core CPU).
 
 Simulates micrographs with partially labelled particles, trains a model (supervised, then
 self-training), picks held-out micrographs, scores them against the complete truth and
