@@ -133,3 +133,15 @@ def test_report_coords_without_images_is_a_user_error(tiny_experiment, tmp_path)
     with pytest.raises(SelfpickError, match="--coords-file needs --image-dir"):
         build_report(tiny_experiment.output_dir, coords_file=tmp_path / "x.json",
                      output=tmp_path)
+
+
+def test_report_says_why_self_training_was_skipped(tiny_experiment, tmp_path):
+    import json
+
+    exp = tmp_path / "exp"
+    shutil.copytree(tiny_experiment.output_dir, exp, ignore=shutil.ignore_patterns("cache"))
+    root = json.loads((exp / "metrics.json").read_text())
+    root["self_training_skipped"] = "labels look complete (estimated completeness 0.97 >= 0.8)"
+    (exp / "metrics.json").write_text(json.dumps(root))
+    page = build_report(exp, device="cpu").read_text(encoding="utf-8")
+    assert "no self-training: labels look complete (estimated completeness 0.97" in page

@@ -577,7 +577,9 @@ def _summary(exp: Experiment, best: str, evalset: EvalSet | None) -> str:
                      f"{st.get('self_training_iterations', '?')} self-training iteration(s) of "
                      f"{train.get('retrain_epochs', '?')} epochs; pseudo-labels "
                      f"'{st.get('pseudo_label_mode', '?')}'; seed {c.get('seed', '?')}"),
-        ("Stages completed", f"{len(exp.stages)}; best {best}; final {exp.final_stage}"),
+        ("Stages completed", f"{len(exp.stages)}; best {best}; final {exp.final_stage}"
+                             + (f"; no self-training: {exp.metrics['self_training_skipped']}"
+                                if exp.metrics.get("self_training_skipped") else "")),
         ("Versions", ", ".join(f"{k} {v}" for k, v in vers.items()) or c.get("selfpick_version")),
         ("Curves and overlays on", evalset.description if evalset else "n/a"),
     ]
