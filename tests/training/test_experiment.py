@@ -423,3 +423,17 @@ def test_experiments_saved_before_the_setting_self_trained_regardless():
     assert Config().selftrain.self_train_complete_labels is False
     old = Config.from_saved({"selftrain": {"self_training_iterations": 2}})
     assert old.selftrain.self_train_complete_labels is True
+
+
+def test_a_resumed_experiment_stops_where_early_stopping_stopped_it(tiny_data, tmp_path,
+                                                                     monkeypatch):
+    # Validation F1 falls with every stage, so patience 1 stops after iteration 1.
+    monkeypatch.setattr(experiment, "selection_f1", lambda entry: 1.0 - 0.1 * entry["iteration"])
+    out = tmp_path / "exp"
+    cfg = tiny_config(tiny_data.output_dir, out, self_training_iterations=3,
+                      early_stop_patience=1, initial_epochs=1)
+    run_training(cfg, progress=False)
+    assert [s["stage"] for s in _read(out / "metrics.json")["stages"]] == STAGES
+    run_training(cfg, resume=True, progress=False)
+    assert [s["stage"] for s in _read(out / "metrics.json")["stages"]] == STAGES
+    assert not (out / "iteration_2_selftrain").exists()

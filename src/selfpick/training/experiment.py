@@ -381,7 +381,8 @@ def _run_stages(cfg: Config, ts: TrainingSet, out: Path, device: torch.device,
             if is_main:
                 f1 = selection_f1(done)
                 best_f1, since_best = (f1, 0) if f1 > best_f1 else (best_f1, since_best + 1)
-            if _stop_after_supervised(cfg, k, n_stages, stages, root, out, is_main, world):
+            if _agree_to_stop(is_main and _stop_after(cfg, k, n_stages, stages, since_best, root),
+                              world):
                 break
             continue
         t_stage = time.perf_counter()
@@ -447,17 +448,9 @@ def _run_stages(cfg: Config, ts: TrainingSet, out: Path, device: torch.device,
             prev_val = val
             f1 = selection_f1(entry)
             best_f1, since_best = (f1, 0) if f1 > best_f1 else (best_f1, since_best + 1)
-        stop = torch.tensor([0])
-        if is_main and k >= 1 and cfg.selftrain.early_stop_patience and \
-                since_best >= cfg.selftrain.early_stop_patience:
-            log.info("early stop: validation particle F1 has not improved for %d iteration(s)",
-                     since_best)
-            stop[0] = 1
-        if world > 1:
-            torch.distributed.broadcast(stop, src=0)
         dist.barrier()
-        if stop.item() or _stop_after_supervised(cfg, k, n_stages, stages, root, out, is_main,
-                                                 world):
+        if _agree_to_stop(is_main and _stop_after(cfg, k, n_stages, stages, since_best, root),
+                          world):
             break
 
     best_stage = ""
@@ -467,27 +460,38 @@ def _run_stages(cfg: Config, ts: TrainingSet, out: Path, device: torch.device,
     return ExperimentResult(out, stages if is_main else [], best_stage)
 
 
-def _stop_after_supervised(cfg: Config, k: int, n_stages: int, stages: list[dict], root: dict,
-                           out: Path, is_main: bool, world: int) -> bool:
-    """After stage 0 (trained now or kept from an earlier run): whether to end training
-    there (see :func:`skip_self_training`); decided on rank 0, told to every rank."""
-    if k != 0 or n_stages < 2:
+def _stop_after(cfg: Config, k: int, n_stages: int, stages: list[dict], since_best: int,
+                root: dict) -> bool:
+    """Rank 0: whether training ends after stage ``k``, whether that stage was trained now or
+    kept from an earlier run (a resumed experiment stops where the same settings would have
+    stopped it). The reason is logged; a skipped self-training is noted in ``root``."""
+    if k + 1 >= n_stages:
         return False
-    stop = torch.tensor([0])
-    if is_main and skip_self_training(cfg, stages[-1]):
-        c = stages[-1]["label_completeness"]
-        log.info("the labels look complete (about %.0f%% of the surest picks carry one): no "
-                 "self-training, which learns from unlabelled particles "
-                 "(--self-train-complete-labels runs it anyway)", 100 * c)
-        root["self_training_skipped"] = (f"labels look complete (estimated completeness "
-                                         f"{c:.2f} >= {COMPLETE_LABELS})")
-        _update_root(out, root)
-        stop[0] = 1
-    elif is_main:
+    if k == 0:
+        if skip_self_training(cfg, stages[-1]):
+            c = stages[-1]["label_completeness"]
+            log.info("the labels look complete (about %.0f%% of the surest picks carry one): "
+                     "no self-training, which learns from unlabelled particles "
+                     "(--self-train-complete-labels runs it anyway)", 100 * c)
+            root["self_training_skipped"] = (f"labels look complete (estimated completeness "
+                                             f"{c:.2f} >= {COMPLETE_LABELS})")
+            return True
         root.pop("self_training_skipped", None)  # an earlier run's decision, now overridden
+        return False
+    patience = cfg.selftrain.early_stop_patience
+    if patience and since_best >= patience:
+        log.info("early stop: validation particle F1 has not improved for %d iteration(s)",
+                 since_best)
+        return True
+    return False
+
+
+def _agree_to_stop(stop: bool, world: int) -> bool:
+    """Rank 0's decision (``stop``; other ranks pass False), told to every rank."""
+    flag = torch.tensor([int(stop)])
     if world > 1:
-        torch.distributed.broadcast(stop, src=0)
-    return bool(stop.item())
+        torch.distributed.broadcast(flag, src=0)
+    return bool(flag.item())
 
 
 def skip_self_training(cfg: Config, supervised: dict) -> bool:

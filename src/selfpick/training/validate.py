@@ -31,7 +31,9 @@ log = logging.getLogger(__name__)
 # Peaks below this score are not even candidates (they would never be chosen as picks, and
 # listing them costs time).
 CANDIDATE_FLOOR = 0.02
-# Labels are treated as complete when the estimated completeness is at least this.
+# Labels are treated as complete when the estimated completeness is at least this (then
+# thresholds are not corrected and self-training is skipped; the help of
+# --self-train-complete-labels in selfpick.config says "8 in 10").
 COMPLETE_LABELS = 0.8
 
 
