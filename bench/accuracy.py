@@ -120,28 +120,38 @@ def evaluate(picks: Path, test_mics: Path, threshold: float | None, out: Path,
     return json.loads(out.read_text())["particle"]
 
 
+def score_stages(exp: Path, mics: Path, log_path: Path, prefix: str,
+                 pick_args: list[str] = ()) -> dict[str, dict]:
+    """Every stage's model of experiment ``exp`` picked on ``mics`` and scored at its own
+    threshold: ``{stage: {threshold, precision, recall, f1, best_f1, average_precision,
+    pick_seconds_per_micrograph, validation_f1}}``. Picks and metrics go to
+    ``exp/{prefix}_picks_{stage}`` and ``exp/{prefix}_metrics_{stage}.json``."""
+    n_mics = len(list(mics.glob("*.jpg")))
+    out = {}
+    for s in json.loads((exp / "metrics.json").read_text())["stages"]:
+        stage, thr = s["stage"], s["threshold"]
+        picks = exp / f"{prefix}_picks_{stage}"
+        t_pick = pick_all(exp / stage / "model.pt", mics, picks, log_path, pick_args)
+        p = evaluate(picks / "autopick.star", mics, thr, exp / f"{prefix}_metrics_{stage}.json",
+                     log_path)
+        out[stage] = {
+            "threshold": thr, "precision": p["precision"], "recall": p["recall"], "f1": p["f1"],
+            "best_f1": p["best_f1"], "average_precision": p["average_precision"],
+            "pick_seconds_per_micrograph": round(t_pick / max(1, n_mics), 2),
+            "validation_f1": s["validation"]["particle"]["f1"],
+        }
+    return out
+
+
 def one_run(work: Path, regime: str, seed: int, train_args: list[str]) -> dict:
     tr, te, lab = prepare(work, regime, seed)
     exp = work / f"exp_{regime}_{seed}"
     log_path = work / f"log_{regime}_{seed}.txt"
     t_train = train(tr, lab, exp, seed, train_args, log_path)
     metrics = json.loads((exp / "metrics.json").read_text())
-    stages = {s["stage"]: s for s in metrics["stages"]}
     out: dict = {"regime": regime, "seed": seed, "train_seconds": round(t_train, 1),
-                 "best_stage": metrics["best_stage"], "stages": {}}
-    for stage in stages:
-        model = exp / stage / "model.pt"
-        thr = stages[stage]["threshold"]
-        picks = exp / f"test_picks_{stage}"
-        t_pick = pick_all(model, te, picks, log_path)
-        p = evaluate(picks / "autopick.star", te, thr, exp / f"test_metrics_{stage}.json",
-                     log_path)
-        out["stages"][stage] = {
-            "threshold": thr, "precision": p["precision"], "recall": p["recall"], "f1": p["f1"],
-            "best_f1": p["best_f1"], "average_precision": p["average_precision"],
-            "pick_seconds_per_micrograph": round(t_pick / 5, 2),
-            "validation_f1": stages[stage]["validation"]["particle"]["f1"],
-        }
+                 "best_stage": metrics["best_stage"],
+                 "stages": score_stages(exp, te, log_path, "test")}
     # Pixel-level metrics of the best model on the test micrographs, for comparison with the
     # original notes (which reported only pixel-level figures).
     pix_json = exp / "test_metrics_best_model_full.json"

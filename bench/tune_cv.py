@@ -36,7 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from accuracy import (DATA, N_TRAIN, RESULTS, evaluate, link_micrographs,  # noqa: E402
-                      pick_all, train, write_labels)
+                      pick_all, score_stages, train, write_labels)
 
 N_FOLDS = 5
 
@@ -61,23 +61,18 @@ def one_fold(work: Path, name: str, fold: int, regime: str, seed: int,
     t_train = train(tr, lab, exp, seed, train_args, log_path)
     metrics = json.loads((exp / "metrics.json").read_text())
     best = metrics["best_stage"]
+    keys = ("threshold", "precision", "recall", "f1", "best_f1", "average_precision")
+    row = {"fold": fold, "best_stage": best, "train_seconds": round(t_train, 1)}
+    if all_stages:  # every stage's model on the held-out pair, each at its own threshold
+        row["stages"] = {st: {k: v[k] for k in keys}
+                         for st, v in score_stages(exp, te, log_path, "heldout",
+                                                   pick_args).items()}
+        return {**row, **row["stages"][best]}
     thr = next(s["threshold"] for s in metrics["stages"] if s["stage"] == best)
     picks = exp / "heldout_picks"
     pick_all(exp / "best_model.pt", te, picks, log_path, pick_args)
     p = evaluate(picks / "autopick.star", te, thr, exp / "heldout_metrics.json", log_path)
-    keys = ("precision", "recall", "f1", "best_f1", "average_precision")
-    row = {"fold": fold, "best_stage": best, "threshold": thr, "train_seconds": round(t_train, 1),
-           **{k: p[k] for k in keys}}
-    if all_stages:  # every stage's model on the held-out pair, each at its own threshold
-        row["stages"] = {}
-        for s in metrics["stages"]:
-            st = s["stage"]
-            sp = exp / f"heldout_picks_{st}"
-            pick_all(exp / st / "model.pt", te, sp, log_path, pick_args)
-            q = evaluate(sp / "autopick.star", te, s["threshold"], exp / f"heldout_{st}.json",
-                         log_path)
-            row["stages"][st] = {"threshold": s["threshold"], **{k: q[k] for k in keys}}
-    return row
+    return {**row, "threshold": thr, **{k: p[k] for k in keys[1:]}}
 
 
 def summary(folds: list[dict]) -> dict:
