@@ -212,11 +212,11 @@ def _greedy_nms(xy: np.ndarray, min_distance: float) -> np.ndarray:
     if n < 2 or min_distance <= 0:
         return np.arange(n)
     r2 = (min_distance - 1e-9) ** 2
-    cells = np.floor(np.asarray(xy, dtype=np.float64) / min_distance).astype(np.int64)
+    xy = np.asarray(xy, dtype=np.float64)
+    cells = np.floor(xy / min_distance).astype(np.int64)
     grid: dict[tuple[int, int], list[tuple[float, float]]] = {}
     keep = []
-    for i, (x, y, cx, cy) in enumerate(zip(xy[:, 0].tolist(), xy[:, 1].tolist(),
-                                            cells[:, 0].tolist(), cells[:, 1].tolist())):
+    for i, ((x, y), (cx, cy)) in enumerate(zip(xy.tolist(), cells.tolist())):
         if not _near_kept(grid, x, y, cx, cy, r2):
             keep.append(i)
             grid.setdefault((cx, cy), []).append((x, y))
@@ -224,6 +224,8 @@ def _greedy_nms(xy: np.ndarray, min_distance: float) -> np.ndarray:
 
 
 def _near_kept(grid: dict, x: float, y: float, cx: int, cy: int, r2: float) -> bool:
+    """Whether a kept point of cell ``(cx, cy)`` or its 8 neighbours lies within ``r2``
+    (squared distance) of ``(x, y)``."""
     for gx in (cx - 1, cx, cx + 1):
         for gy in (cy - 1, cy, cy + 1):
             for px, py in grid.get((gx, gy), ()):
