@@ -284,17 +284,19 @@ def measure_stages(path: Path, saved, device: str, repeats: int, out_dir: Path) 
     """One micrograph through the steps ``selfpick pick`` runs, each timed.
 
     Mirrors ``selfpick.picking.pick.pick`` for one micrograph with the default options
-    (whole-image or automatic tiling, the model's threshold, STAR output).
+    (whole-image or automatic tiling, the model's threshold, STAR output, preprocessing on
+    the GPU when picking on one: "preprocess" then includes the copy to the GPU).
     """
     import torch
 
     from selfpick.io import coords as coordio
     from selfpick.io.micrographs import micrograph_name, read_micrograph
     from selfpick.picking.inference import predict_probability
-    from selfpick.picking.pick import picks_from_probability
-    from selfpick.preprocess import preprocess
+    from selfpick.picking.pick import _preprocess_on_device, picks_from_probability
+    from selfpick.preprocess import preprocess, preprocess_tensor
 
     dev = torch.device(device)
+    on_device = _preprocess_on_device("auto", dev, saved)
     model = saved.model.to(dev)
     times: dict[str, list[float]] = {k: [] for k in ("read", "preprocess", "network", "peaks",
                                                       "write")}
@@ -309,10 +311,16 @@ def measure_stages(path: Path, saved, device: str, repeats: int, out_dir: Path) 
         t = [time.perf_counter()]
         data, _ = read_micrograph(path, saved.config.data.pixel_size)
         t.append(time.perf_counter())
-        img, scale = preprocess(data, saved.downsample, saved.config.preprocess)
+        if on_device:
+            img, scale = preprocess_tensor(torch.from_numpy(data).to(dev), saved.downsample,
+                                           saved.config.preprocess)
+            sync()
+        else:
+            img, scale = preprocess(data, saved.downsample, saved.config.preprocess)
         t.append(time.perf_counter())
         # amp=True as in pick_image: bfloat16 on CUDA, ignored on the CPU.
-        prob = predict_probability(model, torch.from_numpy(img), dev, amp=True)
+        prob = predict_probability(model, img if on_device else torch.from_numpy(img), dev,
+                                   amp=True)
         sync()
         t.append(time.perf_counter())
         xy, scores = picks_from_probability(saved, prob, scale, data.shape, saved.threshold)
@@ -331,6 +339,7 @@ def measure_stages(path: Path, saved, device: str, repeats: int, out_dir: Path) 
     out["total_s"] = sum(out.values())
     out["n_picks"] = n_picks
     out["model_shape"] = list(shape_model)
+    out["preprocess_on"] = device if on_device else "cpu"
     return out
 
 

@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from selfpick.config import PreprocessConfig
 from selfpick.preprocess import (Scale, area_downsample, choose_downsample, choose_input_stride,
-                                 fourier_crop, model_shape, normalize, preprocess)
+                                 fourier_crop, model_shape, normalize, normalize_tensor,
+                                 preprocess, preprocess_tensor, runs_on_tensors)
 
 
 def _blob(shape, x0, y0, sigma):
@@ -179,3 +180,47 @@ def test_normalize_mostly_constant_image_does_not_blow_up():
     img[:10] = np.random.default_rng(6).normal(size=(10, 64))
     out = normalize(img, clip_sigma=5.0)
     assert np.isfinite(out).all() and np.abs(out).max() <= 5.0
+
+
+# ---------------------------------------------------------------- torch (GPU) preprocessing
+
+
+@settings(max_examples=25, deadline=None)
+@given(ny=st.integers(16, 160), nx=st.integers(16, 160), factor=st.floats(1.0, 4.0),
+       seed=st.integers(0, 2**16), offset=st.floats(-100, 100), spread=st.floats(0.01, 50))
+def test_torch_preprocessing_equals_the_numpy_one(ny, nx, factor, seed, offset, spread):
+    import torch
+
+    img = (np.random.default_rng(seed).normal(size=(ny, nx)) * spread + offset).astype(np.float32)
+    cfg = PreprocessConfig()
+    want, want_scale = preprocess(img, factor, cfg)
+    got, got_scale = preprocess_tensor(torch.from_numpy(img), factor, cfg)
+    assert got_scale == want_scale
+    assert got.dtype == torch.float32 and tuple(got.shape) == want.shape
+    # Normalised units (clipped at 5): float32 rounding of two FFT libraries, no more. A
+    # large offset over a small spread leaves fewer significant bits for the signal in
+    # float32 (in either library), hence the tolerance grows with their ratio.
+    tol = 2e-5 * (1 + abs(offset) / spread)
+    np.testing.assert_allclose(got.numpy(), want, atol=tol, rtol=0)
+
+
+@pytest.mark.parametrize("n", [7, 8])  # odd and even: numpy averages the two middle values
+def test_torch_normalisation_takes_numpys_median(n):
+    import torch
+
+    img = np.arange(n * n, dtype=np.float32).reshape(n, n) ** 1.5
+    img[0, :3] = [1e6, -1e6, 3e5]
+    np.testing.assert_allclose(normalize_tensor(torch.from_numpy(img)).numpy(), normalize(img),
+                               rtol=1e-6, atol=1e-6)
+    flat = np.full((16, 16), 3.0, np.float32)  # MAD 0: the standard deviation, then 1
+    np.testing.assert_allclose(normalize_tensor(torch.from_numpy(flat)).numpy(), normalize(flat))
+
+
+def test_only_fourier_cropping_without_lowpass_runs_on_tensors():
+    import torch
+
+    assert runs_on_tensors(PreprocessConfig())
+    assert not runs_on_tensors(PreprocessConfig(downsample_method="area"))
+    assert not runs_on_tensors(PreprocessConfig(lowpass_sigma=1.0))
+    with pytest.raises(ValueError, match="Fourier"):
+        preprocess_tensor(torch.zeros(32, 32), 2.0, PreprocessConfig(downsample_method="area"))

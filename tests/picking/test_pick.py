@@ -392,6 +392,47 @@ def test_batches_of_micrographs_give_the_same_picks(model_path, tiny_data, refer
         _assert_same_centres(got, want, 1e-3, True, f"batch {batch_size}/{name}")
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_preprocessing_with_torch_on_the_device_gives_the_same_picks(
+        model_path, saved, tiny_data, reference, tmp_path, workers):
+    # What a GPU does by default (here on the CPU): read on threads, downsample with torch.
+    out = tmp_path / "device"
+    summary = pick(model_path, tiny_data.micrographs, out,
+                   _opts(fmt="csv", preprocess_on="device", workers=workers, batch_size=2),
+                   progress=False)
+    assert summary.n_micrographs == len(reference)
+    table = coordio.read_coordinates(out / "picks.csv", "csv", allow_empty=True)
+    for name, want in reference.items():
+        got = table[table["micrograph"] == name].reset_index(drop=True)
+        # Float rounding of another FFT may move a pick lying exactly at the threshold.
+        sure = [t[t["score"] >= saved.threshold + 1e-4].reset_index(drop=True)
+                for t in (got, want)]
+        _assert_same_centres(sure[0], sure[1], 1e-3, True, f"device/{name}")
+
+
+def test_preprocessing_on_the_device_is_chosen_for_gpus_and_refused_where_unsupported(saved):
+    import copy
+    import dataclasses
+
+    import torch
+
+    from selfpick.picking.pick import _preprocess_on_device
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert _preprocess_on_device("auto", gpu, saved)
+    assert not _preprocess_on_device("auto", cpu, saved)
+    assert _preprocess_on_device("device", cpu, saved)
+    assert not _preprocess_on_device("cpu", gpu, saved)
+    with pytest.raises(SelfpickError, match="preprocess-on"):
+        _preprocess_on_device("sideways", cpu, saved)
+    config = copy.deepcopy(saved.config)
+    config.preprocess.downsample_method = "area"
+    area = dataclasses.replace(saved, config=config)
+    assert not _preprocess_on_device("auto", gpu, area)  # a GPU falls back to the CPU path
+    with pytest.raises(SelfpickError, match="area downsampling.*--preprocess-on cpu"):
+        _preprocess_on_device("device", gpu, area)
+
+
 def test_batch_size_below_one_is_refused(model_path, tiny_data, tmp_path):
     with pytest.raises(SelfpickError, match="batch-size"):
         pick(model_path, tiny_data.micrographs, tmp_path / "out", _opts(batch_size=0),

@@ -61,9 +61,15 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         "throughput (try 4-8); no gain on a CPU (default: 1)")
     parser.add_argument("--workers", type=int, default=-1,
                         help="processes reading and downsampling micrographs ahead of the "
-                        "network; 0 = a reader thread in this process, with the network on "
-                        "the other cores (default: 0 on machines with 2 cores or fewer, "
-                        "else min(4, cores - 1))")
+                        "network (threads that only read, when downsampling runs on the GPU); "
+                        "0 = a reader thread in this process, with the network on the other "
+                        "cores (default: 0 on machines with 2 cores or fewer, else "
+                        "min(4, cores - 1))")
+    parser.add_argument("--preprocess-on", choices=("auto", "cpu", "device"), default="auto",
+                        help="where micrographs are downsampled and normalised: 'device' = "
+                        "with torch on the picking device, 'cpu' = with NumPy/SciPy; auto = "
+                        "the GPU when picking on one (the same result up to float rounding; "
+                        "the CPUs then only read files), else the CPU (default: auto)")
     parser.add_argument("--tile", type=int, default=None, metavar="PX",
                         help="tile size in model pixels (default: automatic; 0 = whole image)")
     parser.add_argument("--shard", default=None, metavar="I/N",
@@ -80,6 +86,7 @@ def main(args: argparse.Namespace) -> int:
                        edge_margin=args.edge_margin, min_distance=args.min_distance,
                        flip_y=args.flip_y, box_size=args.box_size, device=args.device,
                        batch_size=args.batch_size, workers=args.workers, tile=args.tile,
+                       preprocess_on=args.preprocess_on,
                        shard=parse_shard(args.shard), skip_existing=args.skip_existing)
     summary = pick(args.model, args.images, args.output, opts, progress=not args.quiet)
     print(summary.describe())

@@ -9,6 +9,10 @@ continue with ``skip_existing``. The NumPy/SciPy work around the network (readin
 downsampling, peak finding) releases the GIL for most of its time, so on a 2-core machine it
 overlaps with the network instead of adding to it (``bench/NOTES.md``).
 
+On a GPU the downsampling runs there too (``preprocess_on``): the FFT of a 4096^2 micrograph
+takes about 0.1 s of a CPU core and under a millisecond of the GPU, so the CPUs only read
+files (on threads: reading releases the GIL) and the GPU is not left waiting for them.
+
 Outputs (``fmt``):
 
 - ``star``: RELION 4/5 layout, ``<name>_autopick.star`` per micrograph plus the index
@@ -41,7 +45,7 @@ from selfpick.io.micrographs import list_micrographs, micrograph_name, read_micr
 from selfpick.model.modelfile import SavedModel, load_model
 from selfpick.picking.inference import predict_probabilities, predict_probability
 from selfpick.picking.peaks import micrograph_peaks
-from selfpick.preprocess import Scale, preprocess
+from selfpick.preprocess import Scale, preprocess, preprocess_tensor, runs_on_tensors
 from selfpick.utils.atomic import atomic_write_json, ensure_writable_dir
 from selfpick.utils.runtime import resolve_device, tune_allocator
 
@@ -68,6 +72,7 @@ class PickOptions:
     device: str = "auto"
     batch_size: int = 1  # micrographs of one size per network pass (GPU throughput)
     workers: int = -1  # -1: automatic
+    preprocess_on: str = "auto"  # "cpu", "device" (the picking device) or "auto" (GPU: device)
     tile: int | None = None  # model pixels; None = automatic, 0 = whole micrograph
     shard: tuple[int, int] | None = None  # (i, n)
     skip_existing: bool = False
@@ -123,14 +128,19 @@ def select_shard(paths: list[Path], shard: tuple[int, int] | None) -> list[Path]
 
 
 class _MicrographStream(torch.utils.data.Dataset):
-    """Reads and preprocesses micrographs (on the read-ahead thread or in DataLoader workers);
-    an unreadable micrograph gives an item with ``error`` set instead of raising."""
+    """Reads and preprocesses micrographs (on read-ahead threads or in DataLoader workers);
+    an unreadable micrograph gives an item with ``error`` set instead of raising.
 
-    def __init__(self, paths: list[Path], saved: SavedModel):
+    With ``device`` the micrograph is preprocessed there with torch (threads only: a
+    DataLoader worker process must not use CUDA), else with NumPy/SciPy on the CPU.
+    """
+
+    def __init__(self, paths: list[Path], saved: SavedModel, device: torch.device | None = None):
         self.paths = paths
         self.factor = saved.downsample
         self.pcfg = saved.config.preprocess
         self.pixel_size = saved.config.data.pixel_size
+        self.device = device
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -139,9 +149,14 @@ class _MicrographStream(torch.utils.data.Dataset):
         path = self.paths[i]
         try:
             data, _ = read_micrograph(path, self.pixel_size)
-            img, scale = preprocess(data, self.factor, self.pcfg)
-            return {"index": i, "image": torch.from_numpy(img), "scale": (scale.sx, scale.sy,
-                    scale.method), "shape": data.shape, "error": None}
+            if self.device is None:
+                img, scale = preprocess(data, self.factor, self.pcfg)
+                img = torch.from_numpy(img)
+            else:
+                img, scale = preprocess_tensor(torch.from_numpy(data).to(self.device),
+                                               self.factor, self.pcfg)
+            return {"index": i, "image": img, "scale": (scale.sx, scale.sy, scale.method),
+                    "shape": data.shape, "error": None}
         except InputError as exc:
             return {"index": i, "image": None, "scale": None, "shape": None, "error": str(exc)}
 
@@ -150,10 +165,11 @@ def _collate(items):
     return items
 
 
-def _read_ahead(dataset: _MicrographStream, ahead: int = 1):
-    """Yield ``dataset[i]`` in order while a background thread prepares the next ``ahead``."""
+def _read_ahead(dataset: _MicrographStream, ahead: int = 1, threads: int = 1):
+    """Yield ``dataset[i]`` in order while ``threads`` background threads prepare the next
+    ``ahead``."""
     n = len(dataset)
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="selfpick-read")
+    pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="selfpick-read")
     try:
         pending = deque(pool.submit(dataset.__getitem__, i) for i in range(min(n, ahead + 1)))
         nxt = len(pending)
@@ -296,6 +312,25 @@ def _output_plan(opts: PickOptions) -> tuple[bool, str]:
     return per, fmt
 
 
+def _preprocess_on_device(choice: str, device: torch.device, saved: SavedModel) -> bool:
+    """Whether micrographs are downsampled on the picking device (torch) rather than on the
+    CPU (NumPy/SciPy), for ``--preprocess-on`` ``choice``."""
+    choice = (choice or "auto").lower()
+    if choice not in ("auto", "cpu", "device"):
+        raise SelfpickError(f"--preprocess-on {choice!r}: choose auto, cpu or device")
+    supported = runs_on_tensors(saved.config.preprocess)
+    if choice == "device" and not supported:
+        pcfg = saved.config.preprocess
+        raise SelfpickError(
+            "--preprocess-on device: this model preprocesses with "
+            f"{pcfg.downsample_method} downsampling"
+            + (f" and a low-pass (sigma {pcfg.lowpass_sigma:g})" if pcfg.lowpass_sigma else "")
+            + ", which runs on the CPU only; use --preprocess-on cpu")
+    if choice == "auto":
+        return supported and device.type == "cuda"
+    return choice == "device"
+
+
 def _per_micrograph_target(out: Path, name: str, fmt: str, suffix: str) -> Path:
     ext = coordio.FORMAT_EXTENSIONS[fmt]
     sfx = suffix if fmt == "star" else ""
@@ -338,12 +373,18 @@ def pick(model_path: str | os.PathLike, images, output: str | os.PathLike,
         todo = [p for p in paths
                 if not _per_micrograph_target(out, micrograph_name(p), fmt, opts.suffix).is_file()]
         summary.n_skipped = len(paths) - len(todo)
+    on_device = _preprocess_on_device(opts.preprocess_on, device, saved)
     workers = opts.workers
     if workers < 0:
         workers = 0 if device.type == "cpu" and (os.cpu_count() or 1) <= 2 else min(
             4, max(1, (os.cpu_count() or 2) - 1))
-    stream = _MicrographStream(todo, saved)
-    if workers > 0:
+    stream = _MicrographStream(todo, saved, device if on_device else None)
+    if on_device:
+        # Only reading is left to the CPUs: threads suffice (file reads and the checks of the
+        # pixels release the GIL), and two micrographs ahead per thread keep the GPU fed.
+        threads = max(1, workers)
+        items = _read_ahead(stream, ahead=2 * threads, threads=threads)
+    elif workers > 0:
         loader = torch.utils.data.DataLoader(
             stream, batch_size=1, shuffle=False, num_workers=workers, collate_fn=_collate,
             prefetch_factor=2, pin_memory=False, persistent_workers=False)
@@ -351,9 +392,9 @@ def pick(model_path: str | os.PathLike, images, output: str | os.PathLike,
     else:
         items = _read_ahead(stream)
     log.info("picking %d micrograph(s) with %s (threshold %.3f%s, particle %.0f px, "
-             "x%.2f downsampling) on %s", len(todo), model_path, threshold,
+             "x%.2f downsampling%s) on %s", len(todo), model_path, threshold,
              "" if opts.threshold is None else " from --threshold", saved.particle_diameter,
-             saved.downsample, device)
+             saved.downsample, " on the device" if on_device else "", device)
     combined: list[pd.DataFrame] = []
     index_rows: list[tuple[str, str]] = []
     t0 = time.perf_counter()
@@ -390,7 +431,7 @@ def pick(model_path: str | os.PathLike, images, output: str | os.PathLike,
 
     post = _InOrder("selfpick-peaks")
     try:
-        with _network_threads(device, pipelined=workers == 0):
+        with _network_threads(device, pipelined=workers == 0 or on_device):
             for group in _batches(items, opts.batch_size):
                 if group[0]["error"]:
                     path = todo[group[0]["index"]]
