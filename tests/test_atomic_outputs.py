@@ -298,17 +298,17 @@ def test_disk_full_while_picking_leaves_no_half_written_coordinate_file(
 
     model = untrained_model
     out = tmp_path / "picks"
-    real_write = relion_star.write_star_file
+    real_write = relion_star._write_text  # where the per-micrograph files are written
     written = []
 
-    def full_disk_at_second_micrograph(blocks, path, **kwargs):
+    def full_disk_at_second_micrograph(path, text):
         written.append(Path(path))
         if len(written) == 2:
-            Path(path).write_text("# Written by selfpick\n\ndata_\n\nloop_\n_rlnCoord")
+            Path(path).write_text(text[: len(text) // 2])
             raise _enospc(path)
-        return real_write(blocks, path, **kwargs)
+        return real_write(path, text)
 
-    monkeypatch.setattr(relion_star, "write_star_file", full_disk_at_second_micrograph)
+    monkeypatch.setattr(relion_star, "_write_text", full_disk_at_second_micrograph)
     code = cli.main(_pick_argv(model, tiny_data.output_dir / "micrographs", out))
     _, err = capsys.readouterr()
     assert code == 2, err
@@ -318,7 +318,7 @@ def test_disk_full_while_picking_leaves_no_half_written_coordinate_file(
     assert sorted(p.name for p in out.iterdir()) == ["sim_000_autopick.star"]
     assert "_rlnCoordinateX" in (out / "sim_000_autopick.star").read_text()
 
-    monkeypatch.setattr(relion_star, "write_star_file", real_write)  # space freed
+    monkeypatch.setattr(relion_star, "_write_text", real_write)  # space freed
     code = cli.main(_pick_argv(model, tiny_data.output_dir / "micrographs", out,
                                "--skip-existing"))
     _, err = capsys.readouterr()
