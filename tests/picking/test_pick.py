@@ -433,6 +433,14 @@ def test_preprocessing_on_the_device_is_chosen_for_gpus_and_refused_where_unsupp
         _preprocess_on_device("device", gpu, area)
 
 
+def test_an_unusable_preprocess_choice_is_refused_before_any_output(model_path, tiny_data,
+                                                                     tmp_path):
+    with pytest.raises(SelfpickError, match="preprocess-on"):
+        pick(model_path, tiny_data.micrographs, tmp_path / "out",
+             _opts(preprocess_on="sideways"), progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_batch_size_below_one_is_refused(model_path, tiny_data, tmp_path):
     with pytest.raises(SelfpickError, match="batch-size"):
         pick(model_path, tiny_data.micrographs, tmp_path / "out", _opts(batch_size=0),

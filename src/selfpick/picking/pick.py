@@ -361,6 +361,7 @@ def pick(model_path: str | os.PathLike, images, output: str | os.PathLike,
         # One process per GPU under torchrun: each rank takes its own GPU.
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
     saved = load_model(model_path, device)
+    on_device = _preprocess_on_device(opts.preprocess_on, device, saved)
     out = Path(output)
     out_existed = out.exists()
     ensure_writable_dir(out)
@@ -373,7 +374,6 @@ def pick(model_path: str | os.PathLike, images, output: str | os.PathLike,
         todo = [p for p in paths
                 if not _per_micrograph_target(out, micrograph_name(p), fmt, opts.suffix).is_file()]
         summary.n_skipped = len(paths) - len(todo)
-    on_device = _preprocess_on_device(opts.preprocess_on, device, saved)
     workers = opts.workers
     if workers < 0:
         workers = 0 if device.type == "cpu" and (os.cpu_count() or 1) <= 2 else min(
