@@ -98,6 +98,22 @@ def average_dict(values: dict[str, float], device: torch.device) -> dict[str, fl
     return dict(zip(keys, t.tolist()))
 
 
+def broadcast_flag(value: bool) -> bool:
+    """Rank 0's ``value``, on every rank (``value`` itself in a single process).
+
+    For decisions only rank 0 can make (a stage found complete on disk, stopping early):
+    every rank must take the same branch, or the next collective call hangs. The flag travels
+    on the GPU under NCCL, which cannot send CPU tensors.
+    """
+    if not is_distributed():
+        return bool(value)
+    device = (torch.device("cuda", torch.cuda.current_device())
+              if tdist.get_backend() == "nccl" else torch.device("cpu"))
+    flag = torch.tensor([int(bool(value))], device=device)
+    tdist.broadcast(flag, src=0)
+    return bool(flag.item())
+
+
 def broadcast_state(model: torch.nn.Module) -> None:
     """Give every rank rank 0's weights (after rank 0 alone loaded or changed them)."""
     if not is_distributed():

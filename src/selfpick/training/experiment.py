@@ -367,10 +367,7 @@ def _run_stages(cfg: Config, ts: TrainingSet, out: Path, device: torch.device,
         name = stage_name(k)
         stage_dir = out / name
         done = _completed(out, root, k) if is_main else None
-        flag = torch.tensor([1 if done else 0])
-        if world > 1:
-            torch.distributed.broadcast(flag, src=0)
-        if flag.item():
+        if dist.broadcast_flag(bool(done)):
             if is_main:
                 saved = load_model(stage_dir / "model.pt", device, inference=False)
                 model.load_state_dict(saved.model.state_dict())
@@ -381,8 +378,8 @@ def _run_stages(cfg: Config, ts: TrainingSet, out: Path, device: torch.device,
             if is_main:
                 f1 = selection_f1(done)
                 best_f1, since_best = (f1, 0) if f1 > best_f1 else (best_f1, since_best + 1)
-            if _agree_to_stop(is_main and _stop_after(cfg, k, n_stages, stages, since_best, root),
-                              world):
+            if dist.broadcast_flag(is_main and _stop_after(cfg, k, n_stages, stages, since_best,
+                                                           root)):
                 break
             continue
         t_stage = time.perf_counter()
@@ -449,8 +446,8 @@ def _run_stages(cfg: Config, ts: TrainingSet, out: Path, device: torch.device,
             f1 = selection_f1(entry)
             best_f1, since_best = (f1, 0) if f1 > best_f1 else (best_f1, since_best + 1)
         dist.barrier()
-        if _agree_to_stop(is_main and _stop_after(cfg, k, n_stages, stages, since_best, root),
-                          world):
+        if dist.broadcast_flag(is_main and _stop_after(cfg, k, n_stages, stages, since_best,
+                                                       root)):
             break
 
     best_stage = ""
@@ -484,14 +481,6 @@ def _stop_after(cfg: Config, k: int, n_stages: int, stages: list[dict], since_be
                  since_best)
         return True
     return False
-
-
-def _agree_to_stop(stop: bool, world: int) -> bool:
-    """Rank 0's decision (``stop``; other ranks pass False), told to every rank."""
-    flag = torch.tensor([int(stop)])
-    if world > 1:
-        torch.distributed.broadcast(flag, src=0)
-    return bool(flag.item())
 
 
 def skip_self_training(cfg: Config, supervised: dict) -> bool:
