@@ -360,16 +360,16 @@ def write_star_file(blocks: Any, path: str | os.PathLike, **kwargs: Any) -> None
     """``starfile.write`` to ``path`` (a temporary file), without the time-stamped comment.
 
     The "# Created by the starfile Python package ... at HH:MM:SS" line would make the same
-    picks give different files; RELION and starfile do not need it.
+    picks give different files; RELION and starfile do not need it. (``starfile.to_string``
+    and one write: no file written, read back and written again.)
     """
     import starfile
 
-    starfile.write(blocks, path, **kwargs)
-    text = Path(path).read_text(encoding="utf-8")
-    lines = text.splitlines(keepends=True)
-    if lines and lines[0].startswith("# Created by the starfile"):
-        text = "# Written by selfpick\n" + "".join(lines[1:])
-        Path(path).write_text(text, encoding="utf-8")
+    text = starfile.to_string(blocks, **kwargs)
+    first, sep, rest = text.partition("\n")
+    if first.startswith("# Created by the starfile"):
+        text = "# Written by selfpick" + sep + rest
+    Path(path).write_text(text, encoding="utf-8")
 
 
 def read_point_table(
