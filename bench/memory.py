@@ -25,16 +25,14 @@ Writes bench/results/memory.json and prints a Markdown table.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from speed import (build_model, machine_info, make_folder, now, run_measured,  # noqa: E402
-                   selfpick_cmd, simulate_unique, versions, write_results)
+from speed import (build_model, machine_info, machine_line, make_folder, now,  # noqa: E402
+                   publish, run_pick, simulate_unique, versions, workdir)
 
 LIMIT_MB = 1.5 * 1024  # the acceptance limit (1.5 GB), for the table's verdict column
 
@@ -61,12 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     workers = [w.strip() for w in args.workers.split(",")]
     started = now()
     machine = machine_info()
-    keep = args.workdir is not None
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="selfpick-memory-"))
-    work.mkdir(parents=True, exist_ok=True)
-    log = work / "commands.log"
     rows = []
-    try:
+    with workdir(args.workdir, "selfpick-memory-") as work:
+        log = work / "commands.log"
         model = args.model or build_model(work, args.diameter)
         for size in sizes:
             sources = simulate_unique(work / f"sim_{size}", args.unique, size, args.diameter)
@@ -74,23 +69,13 @@ def main(argv: list[str] | None = None) -> int:
                 folder = work / f"folder_{size}_{n}"
                 make_folder(folder, sources, n)
                 for w in workers:
-                    out = work / "out"
-                    if out.exists():
-                        shutil.rmtree(out)
                     extra = [] if w == "auto" else ["--workers", w]
                     print(f"{n} x {size}^2, workers {w} ...", flush=True)
-                    cmd = [*selfpick_cmd(), "pick", "-q", "--model", str(model), "--images",
-                           str(folder), "--output", str(out), "--device", args.device, *extra]
-                    res = run_measured(cmd, log)
-                    summary = json.loads((out / "pick_summary.json").read_text())
+                    res = run_pick(model, folder, work / "out", args.device, log, extra)
                     rows.append({"size": size, "n_micrographs": n, "workers": w,
-                                 "picked": summary["n_micrographs"],
-                                 "n_picks": summary["n_picks"], **res,
+                                 "picked": res.pop("n_micrographs"), **res,
                                  "per_micrograph_s": res["wall_s"] / n})
                 shutil.rmtree(folder, ignore_errors=True)
-    finally:
-        if not keep:
-            shutil.rmtree(work, ignore_errors=True)
 
     # Flatness: the peak with the most micrographs over the peak with the fewest, per size and
     # worker setting, from this run's own measurements.
@@ -117,19 +102,14 @@ def main(argv: list[str] | None = None) -> int:
                                  "process's VmHWM (kernel high-water mark) from /proc"},
         "results": rows, "flatness": flat,
     }
-    path = write_results(args.name, payload)
-    print(markdown(payload))
-    print(f"\nwrote {path}")
-    return 0
+    return publish(args.name, payload, markdown)
 
 
 def markdown(p: dict) -> str:
-    m = p["machine"]
     lines = [
         "## Peak memory of `selfpick pick` (process tree, RSS)",
         "",
-        f"machine: {m['platform']}, {m['cpu_count_logical']} CPU(s), {m['ram_gb']} GB RAM; "
-        f"load average at start {m['load_average_at_start']}; {p['date']}",
+        machine_line(p),
         "",
         "| micrograph | N | workers | peak RSS, tree, sampled (MB) | max RSS, largest process, "
         f"VmHWM (MB) | <= {p['settings']['limit_mb'] / 1024:.1f} GB | wall (s) | "

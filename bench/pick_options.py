@@ -22,15 +22,13 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from speed import (build_model, machine_info, make_folder, now, run_pick,  # noqa: E402
-                   simulate_unique, versions, write_results)
+from speed import (build_model, machine_info, machine_line, make_folder, now,  # noqa: E402
+                   publish, run_pick, simulate_unique, versions, workdir)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,12 +52,9 @@ def main(argv: list[str] | None = None) -> int:
 
     started = now()
     machine = machine_info()
-    keep = args.workdir is not None
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="selfpick-pickopts-"))
-    work.mkdir(parents=True, exist_ok=True)
-    log = work / "pick_options.log"
     rows = []
-    try:
+    with workdir(args.workdir, "selfpick-pickopts-") as work:
+        log = work / "pick_options.log"
         model = args.model or build_model(work, args.diameter)
         sources = simulate_unique(work / f"sim_{args.size}", args.unique, args.size,
                                   args.diameter)
@@ -82,9 +77,6 @@ def main(argv: list[str] | None = None) -> int:
                 "peak_tree_rss_mb": best["peak_tree_rss_mb"], "max_rss_mb": best["max_rss_mb"],
                 "runs": runs,
             })
-    finally:
-        if not keep:
-            shutil.rmtree(work, ignore_errors=True)
     payload = {
         "benchmark": "pick_options", "date": started, "finished": now(), "machine": machine,
         "versions": versions(),
@@ -96,10 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                                "pick_summary.json seconds; best of the repeats"},
         "results": rows,
     }
-    path = write_results(args.name, payload)
-    print(markdown(payload))
-    print(f"\nwrote {path}")
-    return 0
+    return publish(args.name, payload, markdown)
 
 
 def markdown(p: dict) -> str:
@@ -108,8 +97,7 @@ def markdown(p: dict) -> str:
         f"## selfpick pick option sets: {s['n_micrographs']} micrographs of "
         f"{s['size']}x{s['size']}, device {s['device']}",
         "",
-        f"machine: {p['machine']['platform']}, {p['machine']['cpu_count_logical']} CPU(s), "
-        f"GPU: {', '.join(p['machine']['gpus']) or 'none'}; {p['date']}",
+        machine_line(p),
         "",
         "| options | wall (s) | micrographs/s (wall, start-up incl.) | in-loop (s) | "
         "micrographs/s (in-loop) | peak RSS, tree (MB) | picks |",

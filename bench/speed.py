@@ -40,6 +40,7 @@ architecture and the downsampling factor do).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -50,6 +51,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -253,6 +255,35 @@ def write_results(name: str, payload: dict) -> Path:
     return path
 
 
+@contextlib.contextmanager
+def workdir(path: Path | None, prefix: str) -> Iterator[Path]:
+    """The benchmark's working folder: ``path`` (kept afterwards), or a temporary folder
+    named ``prefix...`` that is removed at the end, also on errors."""
+    work = path or Path(tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        yield work
+    finally:
+        if path is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def publish(name: str, payload: dict, markdown: Callable[[dict], str]) -> int:
+    """Write ``bench/results/NAME.json`` and print the Markdown table; the exit status."""
+    path = write_results(name, payload)
+    print(markdown(payload))
+    print(f"\nwrote {path}")
+    return 0
+
+
+def machine_line(p: dict) -> str:
+    """One line for a results table: what ``p["machine"]`` was, how busy, and when."""
+    m = p["machine"]
+    return (f"machine: {m['platform']}, {m['cpu_count_logical']} CPU(s), {m['ram_gb']} GB RAM, "
+            f"GPU: {', '.join(m['gpus']) or 'none'}; load average at start "
+            f"{m['load_average_at_start']}; {p['date']}")
+
+
 # ------------------------------------------------------------------------- measurements
 
 
@@ -421,11 +452,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.devices == "auto" else [d.strip() for d in args.devices.split(",")]
     started = now()
     machine = machine_info()
-    keep = args.workdir is not None
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="selfpick-speed-"))
-    work.mkdir(parents=True, exist_ok=True)
-    log = work / "commands.log"
-    try:
+    with workdir(args.workdir, "selfpick-speed-") as work:
+        log = work / "commands.log"
         model = args.model or build_model(work, args.diameter)
         saved = load_model(model, "cpu")
         sources = simulate_unique(work / f"sim_{args.size}", args.unique, args.size,
@@ -472,9 +500,6 @@ def main(argv: list[str] | None = None) -> int:
                 "stages_total_over_floor": stages["total_s"] / floor["floor_s"],
             }
             results["devices"][device] = picked
-    finally:
-        if not keep:
-            shutil.rmtree(work, ignore_errors=True)
 
     payload = {
         "benchmark": "speed",
@@ -498,10 +523,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "results": results,
     }
-    path = write_results(args.name, payload)
-    print(markdown(payload))
-    print(f"\nwrote {path}")
-    return 0
+    return publish(args.name, payload, markdown)
 
 
 def markdown(p: dict) -> str:
@@ -512,9 +534,7 @@ def markdown(p: dict) -> str:
         f"(model x{s['model_downsample']:.2f} downsampling, U-Net depth "
         f"{s['model_architecture']['depth']} width {s['model_architecture']['width']})",
         "",
-        f"machine: {p['machine']['platform']}, {p['machine']['cpu_count_logical']} CPU(s), "
-        f"{p['machine']['ram_gb']} GB RAM, GPU: {', '.join(p['machine']['gpus']) or 'none'}; "
-        f"load average at start {p['machine']['load_average_at_start']}; {p['date']}",
+        machine_line(p),
         "",
         f"floor (read + downsample + normalise): **{fl['floor_s']:.3f} s** "
         f"(read {fl['read_s']:.3f} s, preprocess {fl['preprocess_s']:.3f} s; "

@@ -28,14 +28,13 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from speed import (machine_info, median, now, selfpick_cmd, simulate_unique,  # noqa: E402
-                   versions, write_results)
+from speed import (machine_info, machine_line, median, now, publish,  # noqa: E402
+                   selfpick_cmd, simulate_unique, versions, workdir)
 
 
 def _config(data: Path, out: Path, args, device: str, workers: int):
@@ -176,11 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     workers = [int(w) for w in args.workers.split(",")]
     started = now()
     machine = machine_info()
-    keep = args.workdir is not None
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="selfpick-train-speed-"))
-    work.mkdir(parents=True, exist_ok=True)
     rows = []
-    try:
+    with workdir(args.workdir, "selfpick-train-speed-") as work:
         mics = simulate_unique(work / f"sim_{args.size}", args.micrographs, args.size,
                                args.diameter, seed=7)
         data = mics[0].parent.parent
@@ -191,9 +187,6 @@ def main(argv: list[str] | None = None) -> int:
             if args.ddp_nproc > 1:
                 print(f"DDP with {args.ddp_nproc} processes on {device} ...", flush=True)
                 rows.append(measure_ddp(data, work, args, device, args.ddp_nproc))
-    finally:
-        if not keep:
-            shutil.rmtree(work, ignore_errors=True)
 
     payload = {
         "benchmark": "train_speed", "date": started, "finished": now(), "machine": machine,
@@ -206,20 +199,14 @@ def main(argv: list[str] | None = None) -> int:
                                "epochs after the first (warm-up)"},
         "results": rows,
     }
-    path = write_results(args.name, payload)
-    print(markdown(payload))
-    print(f"\nwrote {path}")
-    return 0
+    return publish(args.name, payload, markdown)
 
 
 def markdown(p: dict) -> str:
-    m = p["machine"]
     lines = [
         "## Training throughput (selfpick's training loop, default U-Net)",
         "",
-        f"machine: {m['platform']}, {m['cpu_count_logical']} CPU(s), {m['ram_gb']} GB RAM, "
-        f"GPU: {', '.join(m['gpus']) or 'none'}; load average at start "
-        f"{m['load_average_at_start']}; {p['date']}",
+        machine_line(p),
         "",
         "| run | device | processes | workers | batch (per process) | crops/epoch | "
         "s per epoch | patches/s |",
