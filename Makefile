@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 TORCH  ?= torch==2.13.0
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast relion-2d bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,10 +23,15 @@ demo: $(STAMP)
 	$(BIN)/selfpick demo --output demo_output
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not relion2d"
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow and not relion2d"
+
+# Picks -> RELION extraction -> reference-free 2D classification (a few minutes on 2 cores);
+# the class averages are how a biologist judges picks. Needs RELION (apt-get install relion).
+relion-2d: $(STAMP)
+	$(BIN)/python -m pytest -q -m relion2d -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache .hypothesis

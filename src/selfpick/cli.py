@@ -22,6 +22,7 @@ COMMANDS: list[tuple[str, str]] = [
     ("evaluate", "evaluate"),
     ("compare", "compare"),
     ("report", "report"),
+    ("view", "view"),
     ("demo", "demo"),
     ("relion-pick", "relion_pick"),
 ]
