@@ -190,19 +190,39 @@ def _mic(truth, shape=(400, 300)):
                               None if truth is None else np.asarray(truth, float), "train")
 
 
+def _spread(n, lo, shape=(400, 300), seed=0):
+    """``n`` labels spread evenly over the part of a ``shape`` micrograph at least ``lo`` px
+    from every edge."""
+    rng = np.random.default_rng(seed)
+    ny, nx = shape
+    return np.c_[rng.uniform(lo, nx - 1 - lo, n), rng.uniform(lo, ny - 1 - lo, n)]
+
+
 def test_edge_margin_is_the_closest_label_to_any_edge():
     # 300 wide (x), 400 high (y): distances to the right edge count from x = 299.
-    a = _mic([[150, 200], [60, 200]])           # 60 from the left
-    b = _mic([[150, 351.5], [250, 100]])        # 47.5 from the bottom (y = 399), 49 right
+    many = _spread(200, 70)
+    a = _mic(np.r_[many, [[60, 200]]])                      # 60 from the left
+    b = _mic(np.r_[many, [[150, 351.5], [250, 100]]])       # 47.5 from the bottom, 49 right
     assert label_edge_margin([a], diameter=100) == 60
     assert label_edge_margin([a, b], diameter=100) == 47  # floored: a label at 47.5 is kept
 
 
 def test_edge_margin_is_capped_at_a_diameter_and_zero_without_labels():
-    centre = _mic([[150, 200]])
+    centre = _mic(np.r_[_spread(100, 60), [[150, 200]]])
     assert label_edge_margin([centre], diameter=40) == 40
     assert label_edge_margin([_mic(None), _mic(np.zeros((0, 2)))], diameter=40) == 0
     assert label_edge_margin([], diameter=40) == 0
     # A label on (or, after rounding, just past) the edge means picks go right up to it.
     assert label_edge_margin([_mic([[0, 200], [150, 200]])], diameter=40) == 0
     assert label_edge_margin([_mic([[-0.4, 200]])], diameter=40) == 0
+
+
+def test_edge_margin_is_not_learned_from_a_handful_of_picks():
+    # Two picks leave a 60 px border of a 300 x 400 micrograph empty by chance (evenly spread
+    # picks would put 1.2 there): at most a radius.
+    assert label_edge_margin([_mic([[150, 200], [60, 200]])], diameter=100) == 50
+    # The same border with 200 picks spread beyond it is the hand-picker's choice.
+    assert label_edge_margin([_mic(np.r_[_spread(200, 70), [[60, 200]]])], diameter=100) == 60
+    # Evidence adds up over micrographs: 3 x 2 picks keeping 60 px away is enough.
+    two = [[150, 200], [60, 200]]
+    assert label_edge_margin([_mic(two), _mic(two), _mic(two)], diameter=100) == 60

@@ -92,6 +92,12 @@ def resolve_diameter(cfg: Config, picks) -> float:
     return 2 * LEGACY_RADIUS
 
 
+# An empty border is taken as the hand-picker's choice only when this many labels would be
+# expected in it were the labels spread evenly (an empty band then happens by chance with
+# probability exp(-3), 5 %).
+EDGE_EVIDENCE = 3.0
+
+
 def label_edge_margin(micrographs: list[TrainingMicrograph], diameter: float) -> float:
     """How close to a micrograph edge the hand-picker picked: the smallest distance from any
     labelled centre to the nearest edge, at most one particle ``diameter`` (original pixels).
@@ -99,10 +105,14 @@ def label_edge_margin(micrographs: list[TrainingMicrograph], diameter: float) ->
     Hand-pickers leave out particles cut by the edge (their boxes could not be extracted
     whole), and motion correction and filtering leave artefacts there that look like
     particles to a network; picking where the labels never go only adds false picks. The cap
-    keeps a few labels that happen to lie far from the edges from hiding a wide border. No
-    labels: 0.
+    keeps a few labels that happen to lie far from the edges from hiding a wide border.
+
+    A handful of picks leaves a wide border empty by chance: the border is learned only when
+    evenly spread labels would have put at least :data:`EDGE_EVIDENCE` of them there; with
+    fewer, the margin is at most a particle radius (a particle centred closer than that is
+    cut by the edge, and nobody picks it). No labels: 0.
     """
-    nearest = []
+    nearest, counts, areas = [], [], []
     for m in micrographs:
         if m.truth is None or not len(m.truth):
             continue
@@ -110,9 +120,16 @@ def label_edge_margin(micrographs: list[TrainingMicrograph], diameter: float) ->
         x, y = m.truth[:, 0], m.truth[:, 1]
         d = np.minimum(np.minimum(x, nx - 1 - x), np.minimum(y, ny - 1 - y))
         nearest.append(float(d.min()))
+        counts.append(len(m.truth))
+        areas.append((nx, ny))
     if not nearest:
         return 0.0
-    return float(np.floor(np.clip(min(nearest), 0.0, diameter)))
+    margin = float(np.floor(np.clip(min(nearest), 0.0, diameter)))
+    expected = sum(n * (1.0 - max(0.0, nx - 2 * margin) * max(0.0, ny - 2 * margin) / (nx * ny))
+                   for n, (nx, ny) in zip(counts, areas))
+    if expected < EDGE_EVIDENCE:
+        margin = min(margin, float(np.floor(diameter / 2)))
+    return margin
 
 
 def split_micrographs(names: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
