@@ -1,21 +1,25 @@
 #!/usr/bin/env python
-"""Accuracy on real micrographs: EMPIAR-10017 (β-galactosidase), held-out particle-level F1.
+"""Accuracy on real micrographs, held-out particle-level F1: EMPIAR-10017 (β-galactosidase)
+and EMPIAR-10028 (80S ribosome), one table per data set.
 
 What a user would run, with default settings: ``selfpick train`` (only the data, the diameter
-and the output folder given) on the 10 micrographs that sort first, ``selfpick pick`` on the 5
-that sort last (never seen in training, validation or pseudo-labelling), ``selfpick evaluate``
-with a 54 px match radius. Two label regimes -- all curated picks, and a seeded 30 % of them
-per micrograph -- and three seeds each.
+and the output folder given) on the micrographs that sort first (10017: 10, 10028: 6),
+``selfpick pick`` on the ones that sort last (5 and 4; never seen in training, validation or
+pseudo-labelling), ``selfpick evaluate`` with a match radius of half a diameter (54 / 28 px).
+Two label regimes -- all curated picks, and a seeded 30 % of them per micrograph -- and
+three seeds each.
 
 Picking keeps every candidate (``--threshold 0``) so that one pick file gives the F1 at the
 model's own threshold, the best F1 over thresholds (an oracle) and AP.
 
 Usage:
-  python bench/accuracy.py                      # full benchmark (about an hour on 2 cores)
+  python bench/accuracy.py                      # both data sets (over an hour on 2 cores)
+  python bench/accuracy.py --datasets 10028 --regimes all
   python bench/accuracy.py --seeds 0 --regimes all --train-args "--initial-epochs 10"
 
-Writes bench/results/accuracy.json and prints a Markdown table. Skips (exit 0) when the real
-data set is absent.
+Writes bench/results/accuracy.json (one entry per data set; data sets not run keep their
+earlier entry) and prints a Markdown table per data set. Skips (exit 0) a data set that is
+absent.
 """
 
 from __future__ import annotations
@@ -36,12 +40,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from realdata import DATASETS, RealDataset  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data" / "real" / "empiar10017_betagal_cryosegnet"
 RESULTS = REPO / "bench" / "results"
-DIAMETER = 108
-RADIUS = 54
-N_TRAIN = 10
+# EMPIAR-10017, the default data set of the helpers below (bench/tune_cv.py and
+# bench/selftraining.py were written for it).
+BETAGAL = DATASETS["10017"]
+DATA = BETAGAL.folder
+DIAMETER = BETAGAL.diameter
+RADIUS = BETAGAL.radius
+N_TRAIN = BETAGAL.n_train
 
 
 def run(cmd: list[str], log_path: Path) -> float:
@@ -61,21 +71,22 @@ def selfpick() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "selfpick"]
 
 
-def link_micrographs(folder: Path, names: list[str]) -> Path:
+def link_micrographs(folder: Path, names: list[str], ds: RealDataset = BETAGAL) -> Path:
     """A folder of symlinks to the data set's micrographs ``names`` (made once)."""
     if not folder.exists():
         folder.mkdir(parents=True)
         for n in names:
-            (folder / f"{n}.jpg").symlink_to(DATA / "micrographs" / f"{n}.jpg")
+            (folder / f"{n}{ds.ext}").symlink_to(ds.micrograph(n))
     return folder
 
 
-def write_labels(folder: Path, names: list[str], regime: str, seed: int) -> Path:
+def write_labels(folder: Path, names: list[str], regime: str, seed: int,
+                 ds: RealDataset = BETAGAL) -> Path:
     """Curated picks of ``names``: all of them, or a seeded 30 % per micrograph ("30pct")."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     for n in names:
-        df = pd.read_csv(DATA / "coordinates" / f"{n}.csv")
+        df = pd.read_csv(ds.coordinates / f"{n}.csv")
         if regime == "30pct":
             k = max(1, int(round(0.3 * len(df))))
             df = df.iloc[np.sort(rng.choice(len(df), size=k, replace=False))]
@@ -83,21 +94,22 @@ def write_labels(folder: Path, names: list[str], regime: str, seed: int) -> Path
     return folder
 
 
-def prepare(work: Path, regime: str, seed: int) -> tuple[Path, Path, Path]:
+def prepare(work: Path, regime: str, seed: int,
+            ds: RealDataset = BETAGAL) -> tuple[Path, Path, Path]:
     """Folders of symlinked micrographs (train/test) and the training labels for a regime."""
-    names = sorted(p.stem for p in (DATA / "micrographs").glob("*.jpg"))
-    train, test = names[:N_TRAIN], names[N_TRAIN:]
-    return (link_micrographs(work / "train_mics", train), link_micrographs(work / "test_mics", test),
-            write_labels(work / f"labels_{regime}_{seed}", train, regime, seed))
+    train, test = ds.split()
+    return (link_micrographs(work / "train_mics", train, ds),
+            link_micrographs(work / "test_mics", test, ds),
+            write_labels(work / f"labels_{regime}_{seed}", train, regime, seed, ds))
 
 
 def train(mics: Path, labels: Path, exp: Path, seed: int, train_args: list[str],
-          log_path: Path) -> float:
+          log_path: Path, diameter: float = DIAMETER) -> float:
     """``selfpick train`` with default settings plus ``train_args``; returns wall seconds."""
     if exp.exists():
         shutil.rmtree(exp)
     return run(selfpick() + ["train", "--image-dir", str(mics), "--coords-file", str(labels),
-                             "--particle-diameter", str(DIAMETER), "--output-dir", str(exp),
+                             "--particle-diameter", f"{diameter:g}", "--output-dir", str(exp),
                              "--seed", str(seed), "-q", *train_args], log_path)
 
 
@@ -110,9 +122,9 @@ def pick_all(model: Path, mics: Path, out: Path, log_path: Path,
 
 
 def evaluate(picks: Path, test_mics: Path, threshold: float | None, out: Path,
-             log_path: Path) -> dict:
+             log_path: Path, ds: RealDataset = BETAGAL) -> dict:
     cmd = selfpick() + ["evaluate", "--picks", str(picks), "--image-dir", str(test_mics),
-                        "--coords-file", str(DATA / "coordinates"), "--radius", str(RADIUS),
+                        "--coords-file", str(ds.coordinates), "--radius", f"{ds.radius:g}",
                         "--output", str(out), "-q"]
     if threshold is not None:
         cmd += ["--threshold", str(threshold)]
@@ -121,19 +133,19 @@ def evaluate(picks: Path, test_mics: Path, threshold: float | None, out: Path,
 
 
 def score_stages(exp: Path, mics: Path, log_path: Path, prefix: str,
-                 pick_args: list[str] = ()) -> dict[str, dict]:
+                 pick_args: list[str] = (), ds: RealDataset = BETAGAL) -> dict[str, dict]:
     """Every stage's model of experiment ``exp`` picked on ``mics`` and scored at its own
     threshold: ``{stage: {threshold, precision, recall, f1, best_f1, average_precision,
     pick_seconds_per_micrograph, validation_f1}}``. Picks and metrics go to
     ``exp/{prefix}_picks_{stage}`` and ``exp/{prefix}_metrics_{stage}.json``."""
-    n_mics = len(list(mics.glob("*.jpg")))
+    n_mics = len(list(mics.glob(f"*{ds.ext}")))
     out = {}
     for s in json.loads((exp / "metrics.json").read_text())["stages"]:
         stage, thr = s["stage"], s["threshold"]
         picks = exp / f"{prefix}_picks_{stage}"
         t_pick = pick_all(exp / stage / "model.pt", mics, picks, log_path, pick_args)
         p = evaluate(picks / "autopick.star", mics, thr, exp / f"{prefix}_metrics_{stage}.json",
-                     log_path)
+                     log_path, ds)
         out[stage] = {
             "threshold": thr, "precision": p["precision"], "recall": p["recall"], "f1": p["f1"],
             "best_f1": p["best_f1"], "average_precision": p["average_precision"],
@@ -143,20 +155,22 @@ def score_stages(exp: Path, mics: Path, log_path: Path, prefix: str,
     return out
 
 
-def one_run(work: Path, regime: str, seed: int, train_args: list[str]) -> dict:
-    tr, te, lab = prepare(work, regime, seed)
+def one_run(work: Path, regime: str, seed: int, train_args: list[str],
+            ds: RealDataset = BETAGAL) -> dict:
+    tr, te, lab = prepare(work, regime, seed, ds)
     exp = work / f"exp_{regime}_{seed}"
     log_path = work / f"log_{regime}_{seed}.txt"
-    t_train = train(tr, lab, exp, seed, train_args, log_path)
+    t_train = train(tr, lab, exp, seed, train_args, log_path, ds.diameter)
     metrics = json.loads((exp / "metrics.json").read_text())
-    out: dict = {"regime": regime, "seed": seed, "train_seconds": round(t_train, 1),
-                 "best_stage": metrics["best_stage"],
-                 "stages": score_stages(exp, te, log_path, "test")}
+    out: dict = {"dataset": ds.key, "regime": regime, "seed": seed,
+                 "train_seconds": round(t_train, 1), "best_stage": metrics["best_stage"],
+                 "final_stage": metrics["final_stage"],
+                 "stages": score_stages(exp, te, log_path, "test", (), ds)}
     # Pixel-level metrics of the best model on the test micrographs, for comparison with the
     # original notes (which reported only pixel-level figures).
     pix_json = exp / "test_metrics_best_model_full.json"
     run(selfpick() + ["evaluate", "--model", str(exp / "best_model.pt"), "--image-dir", str(te),
-                      "--coords-file", str(DATA / "coordinates"), "--radius", str(RADIUS),
+                      "--coords-file", str(ds.coordinates), "--radius", f"{ds.radius:g}",
                       "--output", str(pix_json), "-q"], log_path)
     out["best_pixel"] = json.loads(pix_json.read_text())["pixel"]
     out["best"] = out["stages"][metrics["best_stage"]]
@@ -208,45 +222,87 @@ def markdown(table: dict) -> str:
     return "\n".join(lines)
 
 
+# Other pickers on the same split, as measured when the issues were filed (Topaz 0.3.20 on
+# one CPU, scored with selfpick evaluate the same way); not re-run by this script.
+REFERENCES = {
+    "10017": [("Topaz 0.3.20 trained on the same labels", 0.847, None, 0.908),
+              ("label ceiling: selfpick trained on all 15 micrographs, test ones included",
+               0.899, 0.900, 0.936)],
+    "10028": [("Topaz 0.3.20 trained on the same 6 micrographs", 0.863, 0.876, 0.877),
+              ("Topaz 0.3.20 pretrained (resnet16_u64)", 0.790, 0.827, 0.722),
+              ("label ceiling: selfpick 0.5.0 trained on all 10 micrographs, test ones "
+               "included", 0.881, 0.882, 0.897)],
+}
+
+
+def reference_rows(key: str) -> str:
+    rows = ["| reference | F1 (own threshold) | best F1 (oracle) | AP |", "|---|---|---|---|"]
+    for label, f1, best, ap in REFERENCES.get(key, []):
+        fmt = (lambda x: "–" if x is None else f"{x:.3f}")
+        rows.append(f"| {label} | {fmt(f1)} | {fmt(best)} | {fmt(ap)} |")
+    return "\n".join(rows)
+
+
+def load_results(path: Path) -> dict:
+    """Earlier results, one entry per data set (a file from before the second data set holds
+    EMPIAR-10017's entry at its top level)."""
+    if not path.is_file():
+        return {"benchmark": "accuracy", "datasets": {}}
+    old = json.loads(path.read_text())
+    if "datasets" in old:
+        return old
+    return {"benchmark": "accuracy", "datasets": {"10017": old}}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--regimes", nargs="+", default=["all", "30pct"], choices=["all", "30pct"])
     ap.add_argument("--train-args", default="", help="extra selfpick train flags (tuning only)")
     ap.add_argument("--work", default=None, help="working folder (default: a temporary one)")
     ap.add_argument("--output", default=str(RESULTS / "accuracy.json"))
     args = ap.parse_args()
-    if not DATA.is_dir():
-        print(f"skipped: the real data set is not at {DATA}")
-        return 0
-    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="selfpick_acc_"))
-    work.mkdir(parents=True, exist_ok=True)
+    work_root = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="selfpick_acc_"))
     train_args = shlex.split(args.train_args)
-    t0 = time.perf_counter()
-    runs = []
-    for regime in args.regimes:
-        for seed in args.seeds:
-            r = one_run(work, regime, seed, train_args)
-            runs.append(r)
-            b = r["best"]
-            print(f"{regime} seed {seed}: best {r['best_stage']} F1 {b['f1']:.3f} "
-                  f"(P {b['precision']:.3f} R {b['recall']:.3f}) best-F1 {b['best_f1']:.3f} "
-                  f"AP {b['average_precision']:.3f}; iteration 0 F1 {r['iteration_0']['f1']:.3f}; "
-                  f"train {r['train_seconds']:.0f} s", flush=True)
-    table = summarise(runs)
-    result = {
-        "benchmark": "accuracy", "dataset": "EMPIAR-10017 (CryoSegNet JPEGs), 10 train / 5 test",
-        "match_radius_px": RADIUS, "date": dt.datetime.now().isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                    "python": platform.python_version()},
-        "train_args": train_args, "total_seconds": round(time.perf_counter() - t0, 1),
-        "summary": table, "runs": runs,
-    }
     out = Path(args.output)
+    results = load_results(out)
+    for key in args.datasets:
+        ds = DATASETS[key]
+        if not ds.available():
+            print(f"skipped {key}: the real data set is not at {ds.folder}")
+            continue
+        work = work_root / key
+        work.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        runs = []
+        for regime in args.regimes:
+            for seed in args.seeds:
+                r = one_run(work, regime, seed, train_args, ds)
+                runs.append(r)
+                b = r["best"]
+                print(f"{key} {regime} seed {seed}: best {r['best_stage']} F1 {b['f1']:.3f} "
+                      f"(P {b['precision']:.3f} R {b['recall']:.3f}) best-F1 "
+                      f"{b['best_f1']:.3f} AP {b['average_precision']:.3f}; iteration 0 F1 "
+                      f"{r['iteration_0']['f1']:.3f}; train {r['train_seconds']:.0f} s",
+                      flush=True)
+        table = summarise(runs)
+        results["datasets"][key] = {
+            "benchmark": "accuracy", "dataset": ds.title,
+            "match_radius_px": ds.radius, "date": dt.datetime.now().isoformat(timespec="seconds"),
+            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                        "python": platform.python_version()},
+            "train_args": train_args, "total_seconds": round(time.perf_counter() - t0, 1),
+            "summary": table, "runs": runs,
+        }
+        print(f"\n### {ds.title}\n")
+        print(markdown(table))
+        print()
+        print(reference_rows(key))
+        print(f"{key}: {results['datasets'][key]['total_seconds']:.0f} s")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(markdown(table))
-    print(f"total {result['total_seconds']:.0f} s; wrote {out}")
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out}")
     return 0
 
 

@@ -156,7 +156,7 @@ def main() -> int:
             print(f"real data skipped: not at {accuracy.DATA}")
             continue
         if name == "real" and args.from_accuracy:
-            acc = json.loads(Path(args.from_accuracy).read_text())
+            acc = accuracy.load_results(Path(args.from_accuracy))["datasets"]["10017"]
             everything = {r["seed"]: r for r in acc["runs"] if r["regime"] == "all"}
             for full in (r for r in acc["runs"] if r["regime"] == "30pct"):
                 r = {k: full[k] for k in ("train_seconds", "best_stage", "stages", "iteration_0",

@@ -1,0 +1,220 @@
+#!/usr/bin/env python
+"""Few picks: what selfpick makes of a couple of hundred hand picks (label budgets).
+
+A biologist typically picks 100-300 particles on a few micrographs and leaves the rest of the
+data set unlabelled. Each budget below is drawn from the curated picks of the *training*
+micrographs (the draw depends on the seed); every training micrograph without picks is still
+given to ``selfpick train`` (in ``--image-dir`` without coordinates, so it joins the
+unlabelled pool), and the held-out test micrographs are scored against their COMPLETE
+curated labels:
+
+- ``B1`` "a few micrographs": 3 training micrographs with 65 random picks each (EMPIAR-10028
+  and simulated: 25 each);
+- ``B2`` "one micrograph": 1 training micrograph with 50 random picks (10028, simulated: 25);
+- ``B3`` "sparse everywhere": 10 % of the particles of every training micrograph;
+- ``all``: every particle of every training micrograph (the ceiling of these labels).
+
+For each: iteration 0, the stage the experiment chose (``best_model.pt``) and the last stage;
+precision, recall and F1 at the stage's own threshold, best F1 over thresholds, AP over all
+candidates (picked with ``--threshold 0``), training time; mean ± sd over seeds.
+
+Data sets: the real ones of ``bench/realdata.py`` (skipped when absent) and ``sim`` --
+``selfpick simulate`` data with exact truth (10 training, 4 test micrographs of 1024², 40 px
+particles).
+
+Usage:
+  python bench/fewpicks.py                                   # everything (hours on 2 cores)
+  python bench/fewpicks.py --datasets 10028 --budgets B1 --seeds 0
+Writes bench/results/fewpicks.json (entries not re-run are kept) and prints Markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import accuracy  # noqa: E402
+from realdata import DATASETS, RealDataset  # noqa: E402
+
+RESULTS = accuracy.RESULTS
+BUDGETS = ("B1", "B2", "B3", "all")
+# (micrographs with picks, picks per micrograph) per budget and data set; B3 and all are
+# fractions of every micrograph's particles.
+PICKS = {"10017": {"B1": (3, 65), "B2": (1, 50)},
+         "10028": {"B1": (3, 25), "B2": (1, 25)},
+         "sim": {"B1": (3, 25), "B2": (1, 25)}}
+FRACTION = {"B3": 0.1, "all": 1.0}
+SIM = {"n_train": 10, "n_test": 4, "size": 1024, "diameter": 40}
+
+
+def simulated_dataset(work: Path) -> RealDataset:
+    """A simulated data set laid out like the real ones (micrographs/, coordinates/*.csv)."""
+    root = work / "sim_data"
+    data = root / "simulated"
+    if not (data / "simulation.json").exists():
+        accuracy.run(accuracy.selfpick() + [
+            "simulate", "--output", str(data), "--n-micrographs",
+            str(SIM["n_train"] + SIM["n_test"]), "--size", str(SIM["size"]),
+            "--diameter", str(SIM["diameter"]), "--seed", "2026", "--overwrite", "-q"],
+            work / "log_simulate.txt")
+    for link, target in (("micrographs", data / "micrographs"), ("coordinates",
+                                                                   data / "truth" / "csv")):
+        if not (root / link).exists():
+            (root / link).symlink_to(target)
+    return RealDataset("sim", f"simulated ({SIM['size']}², {SIM['diameter']} px particles, "
+                       f"{SIM['n_train']} train / {SIM['n_test']} test, exact truth)",
+                       root, ".mrc", SIM["diameter"], SIM["n_train"])
+
+
+def write_budget(folder: Path, ds: RealDataset, budget: str, seed: int) -> dict:
+    """The picks of one budget as CryoPPP CSVs in ``folder``; returns what was drawn."""
+    folder.mkdir(parents=True, exist_ok=True)
+    train, _ = ds.split()
+    rng = np.random.default_rng([seed, BUDGETS.index(budget)])
+    if budget in FRACTION:
+        chosen, per = list(train), None
+    else:
+        n_mics, per = PICKS[ds.key][budget]
+        chosen = sorted(rng.choice(train, size=n_mics, replace=False).tolist())
+    n_picks = 0
+    for name in chosen:
+        df = pd.read_csv(ds.coordinates / f"{name}.csv")
+        k = per if per is not None else max(1, int(round(FRACTION[budget] * len(df))))
+        k = min(k, len(df))
+        if k < len(df):
+            df = df.iloc[np.sort(rng.choice(len(df), size=k, replace=False))]
+        df.to_csv(folder / f"{name}.csv", index=False)
+        n_picks += len(df)
+    return {"labelled_micrographs": chosen, "picks": n_picks,
+            "unlabelled_micrographs": len(train) - len(chosen)}
+
+
+def one_run(work: Path, ds: RealDataset, budget: str, seed: int, train_args: list[str]) -> dict:
+    train, test = ds.split()
+    tr = accuracy.link_micrographs(work / "train_mics", train, ds)
+    te = accuracy.link_micrographs(work / "test_mics", test, ds)
+    labels = work / f"labels_{budget}_{seed}"
+    drawn = write_budget(labels, ds, budget, seed)
+    exp = work / f"exp_{budget}_{seed}"
+    log_path = work / f"log_{budget}_{seed}.txt"
+    t = accuracy.train(tr, labels, exp, seed, train_args, log_path, ds.diameter)
+    metrics = json.loads((exp / "metrics.json").read_text())
+    stages = accuracy.score_stages(exp, te, log_path, "test", (), ds)
+    return {"dataset": ds.key, "budget": budget, "seed": seed, **drawn,
+            "train_seconds": round(t, 1), "best_stage": metrics["best_stage"],
+            "final_stage": metrics["final_stage"],
+            "self_training_skipped": metrics.get("self_training_skipped"),
+            "iteration_0": stages["iteration_0_supervised"],
+            "chosen": stages[metrics["best_stage"]], "last": stages[metrics["final_stage"]],
+            "stages": stages,
+            "validation": [{"stage": s["stage"], "label_completeness": s["label_completeness"],
+                            "pseudo_labels": s.get("pseudo_labels")}
+                           for s in metrics["stages"]]}
+
+
+KEYS = ("precision", "recall", "f1", "best_f1", "average_precision")
+
+
+def summarise(runs: list[dict]) -> dict:
+    out: dict = {}
+    for budget in BUDGETS:
+        rs = [r for r in runs if r["budget"] == budget]
+        if not rs:
+            continue
+        row: dict = {"n_seeds": len(rs), "picks": float(np.mean([r["picks"] for r in rs]))}
+        for which in ("iteration_0", "chosen", "last"):
+            for k in KEYS:
+                v = np.array([r[which][k] for r in rs], dtype=float)
+                row[f"{which}_{k}"] = [float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0]
+        t = np.array([r["train_seconds"] for r in rs])
+        row["train_seconds"] = [float(t.mean()), float(t.max())]
+        out[budget] = row
+    return out
+
+
+def markdown(table: dict) -> str:
+    def ms(x):
+        return f"{x[0]:.3f} ± {x[1]:.3f}"
+
+    lines = ["| budget | picks | stage | precision | recall | F1 (own threshold) | best F1 | AP | "
+             "train s (mean / max) |", "|---|---|---|---|---|---|---|---|---|"]
+    for budget, row in table.items():
+        for which, label in (("iteration_0", "iteration 0"), ("chosen", "chosen"),
+                             ("last", "last")):
+            lines.append(
+                f"| {budget} | {row['picks']:.0f} | {label} | {ms(row[which + '_precision'])} | "
+                f"{ms(row[which + '_recall'])} | {ms(row[which + '_f1'])} | "
+                f"{ms(row[which + '_best_f1'])} | {ms(row[which + '_average_precision'])} | "
+                f"{row['train_seconds'][0]:.0f} / {row['train_seconds'][1]:.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--datasets", nargs="+", default=[*DATASETS, "sim"],
+                    choices=[*DATASETS, "sim"])
+    ap.add_argument("--budgets", nargs="+", default=list(BUDGETS), choices=BUDGETS)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--train-args", default="", help="extra selfpick train flags (tuning only)")
+    ap.add_argument("--work", default=None, help="working folder (default: a temporary one)")
+    ap.add_argument("--output", default=str(RESULTS / "fewpicks.json"))
+    args = ap.parse_args()
+    root = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="selfpick_few_"))
+    train_args = shlex.split(args.train_args)
+    out = Path(args.output)
+    results = json.loads(out.read_text()) if out.is_file() else {"benchmark": "fewpicks",
+                                                                 "datasets": {}}
+    for key in args.datasets:
+        work = root / key
+        work.mkdir(parents=True, exist_ok=True)
+        ds = simulated_dataset(work) if key == "sim" else DATASETS[key]
+        if not ds.available():
+            print(f"skipped {key}: the real data set is not at {ds.folder}")
+            continue
+        t0 = time.perf_counter()
+        runs = []
+        for budget in args.budgets:
+            for seed in args.seeds:
+                r = one_run(work, ds, budget, seed, train_args)
+                runs.append(r)
+                c, z = r["chosen"], r["iteration_0"]
+                print(f"{key} {budget} seed {seed} ({r['picks']} picks): iteration 0 F1 "
+                      f"{z['f1']:.3f} (best {z['best_f1']:.3f}, AP {z['average_precision']:.3f})"
+                      f" -> {r['best_stage']} F1 {c['f1']:.3f} (P {c['precision']:.3f} R "
+                      f"{c['recall']:.3f}; best {c['best_f1']:.3f}, AP "
+                      f"{c['average_precision']:.3f}); train {r['train_seconds']:.0f} s",
+                      flush=True)
+        entry = results["datasets"].setdefault(key, {"runs": []})
+        keep = [r for r in entry["runs"]
+                if (r["budget"], r["seed"]) not in {(x["budget"], x["seed"]) for x in runs}]
+        entry.update({
+            "dataset": ds.title, "match_radius_px": ds.radius,
+            "date": dt.datetime.now().isoformat(timespec="seconds"),
+            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                        "python": platform.python_version()},
+            "train_args": train_args, "seconds_this_run": round(time.perf_counter() - t0, 1),
+            "runs": keep + runs,
+        })
+        entry["summary"] = summarise(entry["runs"])
+        print(f"\n### {ds.title}\n")
+        print(markdown(entry["summary"]))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
