@@ -226,3 +226,61 @@ def test_edge_margin_is_not_learned_from_a_handful_of_picks():
     # Evidence adds up over micrographs: 3 x 2 picks keeping 60 px away is enough.
     two = [[150, 200], [60, 200]]
     assert label_edge_margin([_mic(two), _mic(two), _mic(two)], diameter=100) == 60
+
+
+# ---------------------------------------------------------------- few labelled micrographs
+
+
+def test_hold_out_strip_is_seeded_inside_and_at_least_two_diameters_high():
+    from selfpick.training.data import hold_out_strip
+
+    y0, y1 = hold_out_strip(0, (1000, 800), diameter=40, seed=3)
+    assert (y0, y1) == hold_out_strip(0, (1000, 800), diameter=40, seed=3)
+    assert 0 <= y0 < y1 <= 1000 and y1 - y0 == 250
+    assert hold_out_strip(1, (1000, 800), 40, 3) != (y0, y1)  # each micrograph its own
+    assert hold_out_strip(0, (200, 800), diameter=40, seed=3)[1] - \
+        hold_out_strip(0, (200, 800), diameter=40, seed=3)[0] == 80
+    assert hold_out_strip(0, (60, 800), diameter=40, seed=3) == (0.0, 60.0)
+
+
+def test_one_labelled_micrograph_is_validated_on_a_held_out_strip(tiny_data, tmp_path):
+    coords = json.loads((tiny_data.output_dir / "labels" / "coordinates.json").read_text())
+    only = sorted(coords)[0]
+    cfile = tmp_path / "coords.json"
+    cfile.write_text(json.dumps({only: coords[only]}))
+    cfg = tiny_config(tiny_data.output_dir, tmp_path / "exp", coords_file=str(cfile))
+    ts = load_training_set(cfg, cache_dir=None, progress=False)
+    (train,), (val,) = ts.subset("train"), ts.subset("val")
+    assert train.name == val.name == only and len(ts.subset("unlabeled")) == 3
+    assert train.image is val.image
+    y0, y1 = val.region
+    assert y1 - y0 >= 2 * ts.particle_diameter
+    everything = np.asarray(coords[only], float)
+    r = ts.particle_diameter / 2
+    # validation labels: exactly those in the strip; training labels: none within a radius
+    inside = (everything[:, 1] >= y0) & (everything[:, 1] < y1)
+    np.testing.assert_allclose(val.truth, everything[inside])
+    assert np.all((train.truth[:, 1] < y0 - r) | (train.truth[:, 1] >= y1 + r))
+    assert len(train.truth) + len(val.truth) <= len(everything)
+    # targets: the strip (widened by a radius) is ignored for training, only it counts for
+    # validation
+    rows = np.arange(train.gt_target.shape[0]) * train.scale.sy
+    in_strip = (rows >= y0) & (rows < y1)
+    assert np.all(train.gt_target[in_strip] == IGNORE)
+    assert np.all(val.gt_target[(rows < y0 - train.scale.sy) | (rows >= y1)] == IGNORE)
+    assert np.any(val.gt_target[in_strip] == 1)
+    assert ts.split_names()["val_regions"] == {only: [y0, y1]}
+    assert val.in_region(np.array([[5.0, y0], [5.0, y1], [5.0, y0 - 1]])).tolist() == \
+        [True, False, False]
+
+
+def test_whole_micrographs_validate_from_three_labelled_micrographs(tiny_data, tmp_path):
+    coords = json.loads((tiny_data.output_dir / "labels" / "coordinates.json").read_text())
+    cfile = tmp_path / "coords.json"
+    cfile.write_text(json.dumps({k: coords[k] for k in sorted(coords)[:3]}))
+    cfg = tiny_config(tiny_data.output_dir, tmp_path / "exp", coords_file=str(cfile),
+                      val_fraction=0.34)
+    ts = load_training_set(cfg, cache_dir=None, progress=False)
+    assert "val_regions" not in ts.split_names()
+    assert all(m.region is None for m in ts.micrographs)
+    assert len(ts.subset("val")) == 1 and len(ts.subset("train")) == 2

@@ -67,6 +67,13 @@ class Experiment:
         return {k: list(s.get(k) or []) for k in ("train", "val", "unlabeled")}
 
     @property
+    def val_regions(self) -> dict[str, tuple[float, float]]:
+        """Validation strips ``{name: (y0, y1)}`` in original pixels, when the experiment
+        validated on parts of its few labelled micrographs."""
+        s = (self.config.get("split") or {}).get("val_regions") or {}
+        return {k: (float(v[0]), float(v[1])) for k, v in s.items()}
+
+    @property
     def data(self) -> dict:
         """The ``data`` section of the experiment's settings (image_dir, coords_file, ...)."""
         return dict((self.config.get("config") or {}).get("data") or {})
@@ -139,6 +146,17 @@ class EvalSet:
     truth: dict[str, np.ndarray]
     description: str
     info: dict = field(default_factory=dict)
+    # Micrographs validated on a strip (an experiment with few labelled micrographs): only
+    # picks with y in [y0, y1) (original pixels) count there; ``truth`` is already the strip's.
+    regions: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def keep(self, name: str, xy: np.ndarray) -> np.ndarray | slice:
+        """Index of the picks ``xy`` ``(N, 2)`` of micrograph ``name`` that count."""
+        region = self.regions.get(name)
+        if region is None:
+            return slice(None)
+        y = np.asarray(xy, dtype=np.float64).reshape(-1, 2)[:, 1]
+        return (y >= region[0]) & (y < region[1])
 
     @property
     def names(self) -> list[str]:
@@ -200,13 +218,18 @@ def experiment_eval_set(exp: Experiment) -> EvalSet:
     if not names:
         raise InputError(f"none of the experiment's {which} micrographs is found in "
                          f"{image_dir}; give --image-dir and --coords-file", exp.path)
-    return EvalSet(
-        paths={n: truth.paths[n] for n in names}, truth={n: truth.by_name[n] for n in names},
-        description=f"the {which} of {exp.label} ({len(names)} micrograph(s))",
-        info={"source": which, "experiment": str(exp.path), "image_dir": str(image_dir),
-              "coords_file": str(coords_file), "micrographs": names,
-              "n_particles": int(sum(len(truth.by_name[n]) for n in names))},
-    )
+    regions = {n: r for n, r in exp.val_regions.items() if n in names} if split["val"] else {}
+    es = EvalSet(paths={n: truth.paths[n] for n in names}, truth={}, description="",
+                 regions=regions)
+    es.truth = {n: truth.by_name[n][es.keep(n, truth.by_name[n])] for n in names}
+    strips = " (held-out strips)" if regions else ""
+    es.description = f"the {which}{strips} of {exp.label} ({len(names)} micrograph(s))"
+    es.info = {"source": which + strips, "experiment": str(exp.path),
+               "image_dir": str(image_dir), "coords_file": str(coords_file),
+               "micrographs": names, "n_particles": es.n_particles}
+    if regions:
+        es.info["val_regions"] = {n: list(r) for n, r in regions.items()}
+    return es
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -286,12 +309,20 @@ def evaluate_models(model_paths, evalset: EvalSet, device="auto",
             with torch.no_grad():
                 prob = predict_probability(saved.model, img, dev)
                 xy, scores = picks_from_probability(saved, prob, scale, shape, CANDIDATE_FLOOR)
+            keep = evalset.keep(name, xy)
+            xy, scores = xy[keep], scores[keep]
             truth = evalset.truth[name]
             items.append((name, xy, scores, truth))
             picks[name] = (xy, scores)
             probs.append(prob.cpu().numpy())
-            targets.append(make_target(img.shape, scale.to_model(truth), r_model,
-                                       tc.positive_radius, tc.ignore_radius))
+            target = make_target(img.shape, scale.to_model(truth), r_model,
+                                 tc.positive_radius, tc.ignore_radius)
+            if name in evalset.regions:  # only the strip's pixels count
+                y0, y1 = evalset.regions[name]
+                rows = scale.to_model(np.array([[0.0, y0], [0.0, y1]]))[:, 1]
+                target[: int(np.ceil(max(0.0, rows[0])))] = -1
+                target[int(np.ceil(max(0.0, rows[1]))):] = -1
+            targets.append(target)
         particle = particle_metrics(items, radius, saved.threshold)
         particle["threshold_rule"] = "model's own threshold (chosen on its validation split)"
         pixel = pixel_metrics(probs, targets, 0.5)

@@ -109,7 +109,8 @@ def _score_pick_file(file_picks: dict, evalset: EvalSet, radius: float) -> dict:
     items = []
     for name in evalset.names:
         xy, s = file_picks.get(name, (np.zeros((0, 2)), np.zeros(0)))
-        items.append((name, xy, s, evalset.truth[name]))
+        keep = evalset.keep(name, xy)
+        items.append((name, xy[keep], None if s is None else s[keep], evalset.truth[name]))
     return particle_metrics(items, radius, None)
 
 

@@ -8,6 +8,7 @@ have to fit in RAM.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -46,10 +47,20 @@ class TrainingMicrograph:
     truth: np.ndarray | None  # (N, 2) labelled centres in ORIGINAL pixels; None = unlabelled
     split: str  # "train", "val" or "unlabeled"
     gt_target: np.ndarray = field(repr=False, default=None)  # (h, w) int8
+    # Validation on part of a micrograph (few labelled micrographs): the rows
+    # [y0, y1) in ORIGINAL pixels whose labels and picks count; None = the whole micrograph.
+    region: tuple[float, float] | None = None
 
     @property
     def labelled(self) -> bool:
         return self.truth is not None
+
+    def in_region(self, xy: np.ndarray) -> np.ndarray:
+        """``(N,)`` bool: which ``(N, 2)`` original-pixel centres lie in :attr:`region`."""
+        xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+        if self.region is None:
+            return np.ones(len(xy), dtype=bool)
+        return (xy[:, 1] >= self.region[0]) & (xy[:, 1] < self.region[1])
 
     def truth_model(self) -> np.ndarray:
         """Labelled centres in model pixels, ``(N, 2)``."""
@@ -72,8 +83,13 @@ class TrainingSet:
     def subset(self, split: str) -> list[TrainingMicrograph]:
         return [m for m in self.micrographs if m.split == split]
 
-    def split_names(self) -> dict[str, list[str]]:
-        return {s: [m.name for m in self.subset(s)] for s in ("train", "val", "unlabeled")}
+    def split_names(self) -> dict:
+        out: dict = {s: [m.name for m in self.subset(s)] for s in ("train", "val", "unlabeled")}
+        regions = {m.name: [float(m.region[0]), float(m.region[1])] for m in self.subset("val")
+                   if m.region is not None}
+        if regions:
+            out["val_regions"] = regions
+        return out
 
 
 def resolve_diameter(cfg: Config, picks) -> float:
@@ -130,6 +146,32 @@ def label_edge_margin(micrographs: list[TrainingMicrograph], diameter: float) ->
     if expected < EDGE_EVIDENCE:
         margin = min(margin, float(np.floor(diameter / 2)))
     return margin
+
+
+# With fewer labelled micrographs than this, no whole micrograph can be spared for
+# validation: a strip of each is held out instead (see hold_out_strip).
+REGION_VALIDATION_BELOW = 3
+# Share of each micrograph's rows held out when validating on strips.
+STRIP_FRACTION = 0.25
+
+
+def hold_out_strip(index: int, shape: tuple[int, int], diameter: float, seed: int,
+                   fraction: float = STRIP_FRACTION) -> tuple[float, float]:
+    """A seeded horizontal strip ``(y0, y1)`` (original pixels) of labelled micrograph number
+    ``index`` (in name order) to validate on: ``fraction`` of its height ``shape[0]``, at
+    least two particle diameters high.
+
+    Used when only one or two micrographs carry labels: holding out a whole one would leave
+    nothing (or one) to train on, and validating on training labels is optimistic, and worse
+    for partial picks (the unpicked particles the model learned to call background then
+    decide the threshold). The strip's labels are never trained on and nothing in it becomes
+    a pseudo-label; the rest of the micrograph trains as usual.
+    """
+    ny = shape[0]
+    h = min(float(ny), max(fraction * ny, 2.0 * diameter))
+    rng = np.random.default_rng([seed, index])
+    y0 = float(np.floor(rng.uniform(0.0, ny - h)))
+    return y0, y0 + h
 
 
 def split_micrographs(names: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
@@ -213,7 +255,12 @@ def load_training_set(cfg: Config, cache_dir: Path | None = None,
     cfg.model.input_stride = choose_input_stride(diameter, cfg.preprocess,
                                                  cfg.model.input_stride)
     factor = choose_downsample(diameter, cfg.preprocess, cfg.model.input_stride)
-    train_names, val_names = split_micrographs(labelled, cfg.train.val_fraction, cfg.train.seed)
+    strips = len(labelled) < REGION_VALIDATION_BELOW and cfg.train.val_fraction > 0
+    if strips:
+        train_names, val_names = sorted(labelled), []
+    else:
+        train_names, val_names = split_micrographs(labelled, cfg.train.val_fraction,
+                                                   cfg.train.seed)
     split = {n: "train" for n in train_names} | {n: "val" for n in val_names}
 
     unlabeled_paths: list[Path] = []
@@ -245,6 +292,10 @@ def load_training_set(cfg: Config, cache_dir: Path | None = None,
             coordio.check_in_bounds(table, shape, d.coords_file)
             truth = table[["x", "y"]].to_numpy(dtype=np.float64)
         m = TrainingMicrograph(name, path, img, scale, shape, truth, split.get(name, "unlabeled"))
+        if strips and truth is not None:
+            region = hold_out_strip(train_names.index(name), shape, diameter, cfg.train.seed)
+            micrographs.extend(_strip_views(m, region, diameter, r_model, cfg))
+            continue
         m.gt_target = make_target(img.shape, m.truth_model(), r_model,
                                   cfg.targets.positive_radius, cfg.targets.ignore_radius,
                                   labelled=m.labelled)
@@ -255,7 +306,45 @@ def load_training_set(cfg: Config, cache_dir: Path | None = None,
              "network input stride %d); %d training, %d validation, %d unlabelled micrographs",
              diameter, factor, diameter / factor, cfg.model.input_stride, len(train_names),
              len(val_names), n_unl)
+    if strips:
+        val = ts.subset("val")
+        log.info("only %d labelled micrograph(s): validating on a held-out strip of each "
+                 "(%s; %d labelled particles), never trained on or pseudo-labelled; label "
+                 "%d or more micrographs to validate on whole ones", len(val),
+                 ", ".join(f"{m.name} rows {m.region[0]:.0f}-{m.region[1]:.0f}" for m in val),
+                 sum(len(m.truth) for m in val), REGION_VALIDATION_BELOW)
     return ts
+
+
+def _strip_views(m: TrainingMicrograph, region: tuple[float, float], diameter: float,
+                 r_model: float, cfg: Config) -> list[TrainingMicrograph]:
+    """The training and validation views of a micrograph validated on the strip ``region``.
+
+    Validation view: the labels inside the strip; its target ignores every pixel outside.
+    Training view: the labels farther than a particle radius from the strip; its target
+    ignores the strip widened by that radius (a particle there is half in the strip), so
+    neither labels nor pseudo-labels ever come from it. Both views share the image.
+    """
+    y0, y1 = region
+    y = m.truth[:, 1]
+    guard = diameter / 2
+    inside = (y >= y0) & (y < y1)
+    away = (y < y0 - guard) | (y >= y1 + guard)
+    tcfg = cfg.targets
+    train = dataclasses.replace(m, truth=m.truth[away], split="train")
+    train.gt_target = make_target(m.image.shape, train.truth_model(), r_model,
+                                  tcfg.positive_radius, tcfg.ignore_radius)
+    val = dataclasses.replace(m, truth=m.truth[inside], split="val", region=region)
+    val.gt_target = make_target(m.image.shape, val.truth_model(), r_model,
+                                tcfg.positive_radius, tcfg.ignore_radius)
+    rows = m.scale.to_model(np.array([[0.0, y0 - guard], [0.0, y1 + guard]]))[:, 1]
+    a, b = int(np.floor(max(0.0, rows[0]))), int(np.ceil(max(0.0, rows[1])))
+    train.gt_target[a:b] = IGNORE
+    rows = m.scale.to_model(np.array([[0.0, y0], [0.0, y1]]))[:, 1]
+    a, b = int(np.ceil(max(0.0, rows[0]))), int(np.ceil(max(0.0, rows[1])))
+    val.gt_target[:a] = IGNORE
+    val.gt_target[b:] = IGNORE
+    return [train, val]
 
 
 class CropDataset(torch.utils.data.Dataset):

@@ -325,8 +325,8 @@ def _setup(cfg: Config, out: Path, continuing: bool, argv: list[str], progress: 
     val_mics = ts.subset("val")
     val_split = "val"
     if not val_mics:
-        log.warning("only one labelled micrograph: validating on the training micrograph "
-                    "(metrics will be optimistic); label at least two micrographs")
+        log.warning("no validation split (--val-fraction 0): validating on the training "
+                    "micrographs (metrics will be optimistic)")
         val_mics, val_split = ts.subset("train"), "train"
     if is_main and not continuing:
         atomic_write_json(out / "config.json", {

@@ -154,7 +154,12 @@ def validate(model: torch.nn.Module, micrographs, particle_diameter: float, radi
                                 desc=f"Validating ({split})", progress=progress,
                                 edge_margin=edge_margin)
     radius = particle_diameter / 2
-    items = [(p.name, p.xy, p.scores, m.truth) for p, m in zip(preds, micrographs)]
+    items = []
+    for p, m in zip(preds, micrographs):
+        # A micrograph validated on a strip (few labelled micrographs): only the picks in
+        # the strip count; its labels are the strip's.
+        keep = m.in_region(p.xy) if getattr(m, "region", None) is not None else slice(None)
+        items.append((p.name, p.xy[keep], p.scores[keep], m.truth))
     curve = particle_curve(items, radius)
     completeness = estimate_completeness(curve)
     precision, recall, f1, thresholds = corrected_curve(curve, completeness)

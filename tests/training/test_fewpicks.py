@@ -1,0 +1,51 @@
+"""End to end with a few picks on one micrograph: strip validation, pseudo-label bookkeeping
+and the report all on tiny simulated data (plumbing, not accuracy)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from selfpick.targets import IGNORE
+from selfpick.training.experiment import run_training
+
+from conftest import tiny_config
+
+pytestmark = pytest.mark.slow
+
+
+def test_few_picks_on_one_micrograph_train_validate_on_a_strip_and_report(tiny_data, tmp_path):
+    coords = json.loads((tiny_data.output_dir / "labels" / "coordinates.json").read_text())
+    only = sorted(coords)[0]
+    rng = np.random.default_rng(0)
+    picks = np.asarray(coords[only])[rng.choice(len(coords[only]), size=12, replace=False)]
+    cfile = tmp_path / "picks.json"
+    cfile.write_text(json.dumps({only: picks.tolist()}))
+    out = tmp_path / "exp"
+    cfg = tiny_config(tiny_data.output_dir, out, coords_file=str(cfile),
+                      self_training_iterations=1)
+    result = run_training(cfg, progress=False)
+
+    conf = json.loads((out / "config.json").read_text())
+    y0, y1 = conf["split"]["val_regions"][only]
+    assert conf["split"]["train"] == conf["split"]["val"] == [only]
+    in_strip = int(np.count_nonzero((picks[:, 1] >= y0) & (picks[:, 1] < y1)))
+    stage0 = result.stages[0]
+    assert stage0["validation"]["particle"]["n_true"] == in_strip
+    log = (out / "training.log").read_text()
+    assert "held-out strip" in log
+
+    # nothing in the strip ever becomes a (pseudo-)label
+    assert len(result.stages) == 2
+    pl = np.load(out / "iteration_1_selftrain" / "pseudo_labels" / f"{only}.npy")
+    rows = np.arange(pl.shape[0]) * conf["downsample"]
+    assert np.all(pl[(rows >= y0) & (rows < y1)] == IGNORE)
+    assert result.stages[1]["pseudo_labels"]["n_micrographs"] == 4
+    assert "n_pseudo_particles" in result.stages[1]["pseudo_labels"]
+
+    from selfpick.report.html import build_report
+
+    page = build_report(out, output=tmp_path / "report", device="cpu").read_text()
+    assert "held-out strips" in page
