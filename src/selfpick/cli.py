@@ -55,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     for name, mod in _available_commands():
         doc = (mod.__doc__ or "").strip()
-        first, _, rest = doc.partition("\n")
+        # The first paragraph is the one-line help (it may wrap over several source lines).
+        first, _, rest = doc.partition("\n\n")
+        first = " ".join(first.split())
         p = sub.add_parser(name, help=first, description=first, epilog=rest.strip() or None,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")

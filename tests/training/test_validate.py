@@ -58,3 +58,20 @@ def test_completeness_estimate_unchanged_for_complete_labels():
     # more labels than confident picks: every pick is used, no endless loop
     assert estimate_completeness(ParticleCurve(np.linspace(1, 0, 4), np.array([1, 0, 0, 0], bool),
                                                40)) == 0.25
+
+
+def test_threshold_uncertainty_is_the_run_of_thresholds_within_one_standard_error():
+    from selfpick.training.validate import threshold_curve, threshold_uncertainty
+
+    thresholds = np.linspace(0.9, 0.1, 9)
+    f1 = np.array([0.2, 0.5, 0.78, 0.8, 0.79, 0.6, 0.77, 0.79, 0.3])
+    u = threshold_uncertainty(f1, thresholds, 3, n_true=100)
+    assert u["f1_standard_error"] == 0.04
+    # 0.78, 0.8, 0.79 are within 0.04 of 0.8; 0.6 breaks the run, so 0.77/0.79 beyond it
+    # do not count
+    assert u["range"] == [thresholds[4], thresholds[2]]
+    # more labels, a narrower range
+    assert threshold_uncertainty(f1, thresholds, 3, n_true=10_000)["range"] == \
+        [thresholds[3], thresholds[3]]
+    c = threshold_curve(f1, f1, f1, thresholds, 3, points=3)
+    assert thresholds[3] in c["threshold"] and len(c["threshold"]) == len(c["f1"]) == 4

@@ -162,6 +162,42 @@ def progression_figure(path, stages: list[dict], best_stage: str | None = None,
 
 # ----------------------------------------------------------------------------- PR curves
 
+def threshold_figure(path, series: list[dict], title: str = "") -> None:
+    """Validation F1 against the picking threshold, one curve per stage.
+
+    Each item of ``series``: ``label``, ``threshold`` and ``f1`` (equal-length arrays,
+    thresholds descending), ``chosen`` (the stage's threshold), optional ``range``
+    (``[low, high]``: thresholds within one standard error of the best F1, shaded) and
+    optional ``best`` (bool: drawn thicker). A flat top means the threshold matters little;
+    a peak at the bottom of the score range, a model unsure of every particle.
+    """
+    if not series:
+        raise ValueError("no curves to plot")
+    fig, ax = plt.subplots(figsize=(7.6, 4.6))
+    cmap = plt.get_cmap("viridis")
+    n = len(series)
+    for i, s in enumerate(series):
+        colour = cmap(0.85 * i / max(1, n - 1))
+        t, f = np.asarray(s["threshold"], float), np.asarray(s["f1"], float)
+        ax.plot(t, f, color=colour, lw=2.4 if s.get("best") else 1.2, label=s["label"])
+        if s.get("chosen") is not None and len(t):
+            j = int(np.argmin(np.abs(t - s["chosen"])))
+            ax.plot([s["chosen"]], [f[j]], "o", color=colour, ms=7, mec="black", zorder=5)
+        if s.get("range") and s.get("best"):
+            lo, hi = s["range"]
+            ax.axvspan(lo, hi, color=colour, alpha=0.15, lw=0,
+                       label=f"{s['label']}: within 1 s.e. of the best F1")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("picking threshold (score)")
+    ax.set_ylabel("validation particle F1")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    if title:
+        ax.set_title(title, fontsize=10)
+    save_figure(fig, path)
+
+
 def pr_curve_figure(path, series: list[dict], title: str = "") -> None:
     """Particle-level precision–recall curves, one per stage, on the same micrographs.
 

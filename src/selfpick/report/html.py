@@ -186,6 +186,7 @@ def build_report(experiment_dir, image_dir=None, coords_file=None, picks=None, o
     figures: list[Figure] = []
     figures.append(_progression(exp, best, out))
     figures.append(_pr_curves(exp, evals, models, best, evalset, out))
+    figures.append(_thresholds(exp, best, out))
     pick_score = None
     overlay_figs, overlay_note, pick_score = _overlays(exp, evalset, best_eval, best, picks,
                                                        picks_format, image_dir, coords_file,
@@ -224,6 +225,37 @@ def _progression(exp: Experiment, best: str, out: Path) -> Figure:
         "probabilities. The shaded stage is the best one (highest validation particle F1).")
     return _draw(fig, progression_figure, out / "progression.png", exp.stages, best,
                  title=f"{exp.label}: validation metrics across stages")
+
+
+def _thresholds(exp: Experiment, best: str, out: Path) -> Figure:
+    from selfpick.report.figures import short_stage_label, threshold_figure
+
+    v = exp.stages[0]["validation"]
+    fig = Figure(
+        "thresholds", "How the picking threshold was chosen",
+        f"Validation particle F1 of every stage against the score threshold, on the "
+        f"{v.get('split', 'val')} split ({v.get('particle', {}).get('n_true', '?')} labelled "
+        "particles; with incomplete labels, precision corrected for the estimated "
+        "completeness). The dot is the threshold each stage chose (highest F1), stored in its "
+        "model file. The band marks, for the best stage, the thresholds whose F1 is within "
+        "one binomial standard error of the best: the validation labels cannot tell them "
+        "apart, so a wide band means the threshold is uncertain — check it by eye in the "
+        "picks browser (selfpick view).")
+    series = []
+    for s in exp.stages:
+        p = s["validation"]["particle"]
+        c = p.get("threshold_curve")
+        if not c:
+            continue
+        series.append({"label": short_stage_label(s["stage"]), "threshold": c["threshold"],
+                       "f1": c["f1"], "chosen": s.get("threshold"), "best": s["stage"] == best,
+                       "range": (p.get("threshold_uncertainty") or {}).get("range")})
+    if not series:
+        fig.error = ("this experiment's metrics have no threshold curves (made by selfpick "
+                     "before 0.6)")
+        return fig
+    return _draw(fig, threshold_figure, out / "thresholds.png", series,
+                 title=f"{exp.label}: validation F1 against the picking threshold")
 
 
 def _pr_curves(exp: Experiment, evals, models, best: str, evalset: EvalSet | None,
@@ -643,6 +675,7 @@ def render_html(exp: Experiment, figures: list[Figure], evalset: EvalSet | None,
     by_key = {f.key: f for f in figures}
     parts.append("<h2>Metrics across stages</h2>" + _figure_html(by_key["progression"]))
     parts.append("<h2>Precision–recall curves</h2>" + _figure_html(by_key["pr_curves"]))
+    parts.append("<h2>The picking threshold</h2>" + _figure_html(by_key["thresholds"]))
     overlays = [f for f in figures if f.key.startswith("overlay_")]
     parts.append("<h2>Pick overlays</h2>")
     if overlays:

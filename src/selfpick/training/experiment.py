@@ -436,6 +436,12 @@ def _run_stages(cfg: Config, ts: TrainingSet, out: Path, device: torch.device,
                      "AP %.3f; pixel F1 %.3f, ROC-AUC %s", name, p["f1"], p["precision"],
                      p["recall"], val.threshold, p["average_precision"], val.metrics["pixel"]["f1"],
                      _fmt(val.metrics["pixel"].get("roc_auc")))
+            u = p.get("threshold_uncertainty")
+            if u:
+                log.info("%s: thresholds %.3f-%.3f score within one standard error (%.3f) of "
+                         "the best validation F1 on %d labelled particles; label completeness "
+                         "%.2f", name, u["range"][0], u["range"][1], u["f1_standard_error"],
+                         u["n_labelled"], val.completeness)
             fig_mic = pool[0]
             fig_prob = predict_micrographs(model, [fig_mic], ts.radius_model, device,
                                            progress=False)[0].prob

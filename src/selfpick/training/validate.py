@@ -135,6 +135,43 @@ def local_precision(is_tp: np.ndarray, completeness: float) -> np.ndarray:
     return np.minimum(1.0, fit / c)
 
 
+def threshold_uncertainty(f1: np.ndarray, thresholds: np.ndarray, k: int,
+                          n_true: int) -> dict:
+    """How well the validation labels pin the picking threshold down.
+
+    ``f1``: F1 at each of ``thresholds`` (descending, one per distinct score), ``k``: the
+    chosen index, ``n_true``: labelled validation particles. F1 measured on ``n`` particles
+    has a binomial standard error of about ``sqrt(F1 (1 - F1) / n)``; every threshold of the
+    contiguous run around ``k`` whose F1 is within one standard error of the best is as good
+    as far as these labels can tell. A wide range (ninety particles give +-0.03) says the
+    threshold is a guess within it; a narrow one that the curve falls off steeply.
+    """
+    best = float(f1[k])
+    se = float(np.sqrt(max(0.0, best * (1 - best)) / n_true)) if n_true else 0.0
+    near = f1 >= best - se
+    lo = hi = k
+    while lo > 0 and near[lo - 1]:
+        lo -= 1
+    while hi + 1 < len(f1) and near[hi + 1]:
+        hi += 1
+    return {"f1_standard_error": round(se, 4), "n_labelled": int(n_true),
+            "range": [float(thresholds[hi]), float(thresholds[lo])],
+            "note": "thresholds whose validation F1 is within one binomial standard error "
+                    "of the best (the contiguous run around the chosen one)"}
+
+
+def threshold_curve(f1: np.ndarray, precision: np.ndarray, recall: np.ndarray,
+                    thresholds: np.ndarray, k: int, points: int = 200) -> dict:
+    """The validation F1/precision/recall against threshold, thinned to about ``points``
+    points (always keeping the chosen index ``k``) for the report's figure."""
+    idx = np.unique(np.r_[np.linspace(0, len(thresholds) - 1, min(points, len(thresholds)))
+                    .round().astype(int), k])
+    return {"threshold": [round(float(x), 5) for x in thresholds[idx]],
+            "f1": [round(float(x), 4) for x in f1[idx]],
+            "precision": [round(float(x), 4) for x in precision[idx]],
+            "recall": [round(float(x), 4) for x in recall[idx]]}
+
+
 def _between(thresholds: np.ndarray, k: int) -> float:
     """A threshold that keeps exactly the picks of ``thresholds[k]`` (scores descending):
     midway to the next lower score, not at a pick's own score, where float rounding on
@@ -173,6 +210,10 @@ def validate(model: torch.nn.Module, micrographs, particle_diameter: float, radi
                     + (" (completeness-corrected)" if completeness < COMPLETE_LABELS else ""),
                     label_completeness=completeness,
                     min_distance_px=min_distance * particle_diameter)
+    if len(thresholds):
+        particle["threshold_uncertainty"] = threshold_uncertainty(f1, thresholds, k,
+                                                                  curve.n_true)
+        particle["threshold_curve"] = threshold_curve(f1, precision, recall, thresholds, k)
     if completeness < COMPLETE_LABELS and len(thresholds):
         particle["corrected"] = {"precision": float(precision[k]), "recall": float(recall[k]),
                                  "f1": float(f1[k]),
