@@ -2,12 +2,29 @@
 
 What a simulated micrograph contains, in the order it is made:
 
-1. **Particles.** One random "molecule" per data set -- a few dozen 3-D Gaussian pseudo-atoms
-   grouped in domains, in 2-3 conformations (a hinge between domains) -- is rotated to a
-   uniformly random orientation for every particle and projected along z (sum of 2-D
-   Gaussians). Centres are placed Poisson-disk-like (at least ``min_distance`` diameters apart),
-   a few particles touch a neighbour (``touch_distance`` diameters apart), every centre is at
-   least a radius from the image edge, and none lies on carbon or on a contaminant.
+1. **Particles.** One random "molecule" per data set -- 3-D Gaussian pseudo-atoms grouped in
+   domains or subunits, in 2-3 conformations -- is rotated to a uniformly random orientation
+   for every particle (or, for ``in_plane_fraction`` of them, to a side view lying flat) and
+   projected along z (sum of 2-D Gaussians). Its ``shape``:
+
+   - ``"globular"`` (default): a few dozen atoms filling an ellipsoid, pulled into 3-4 lobes;
+     a hinge swings the smallest domain between conformations.
+   - ``"shell"``: a hollow spherical shell of evenly spread subunits (a virus capsid,
+     apoferritin), inner radius about 0.65 of the outer one. Every projection is a ring: the
+     middle holds about half the projected mass of the rim. Conformations breathe.
+   - ``"elongated"``: a 3:1 rod of 4-6 domains in a slightly wavy row (a filament fragment,
+     an elongated complex); ``diameter`` is its **length**, the longest dimension, and its
+     width is a third of that. Conformations bend it in the middle.
+
+   For every shape all atoms lie within ``diameter / 2 - 1.5 sigma`` of the centre, so every
+   projection fits inside the circle of ``diameter``. The **truth centre** of a particle is the
+   projection of its centre of mass, which is the centre of mass of its projected density
+   (for "globular", of the first conformation: the hinge moves the others' by under a pixel).
+   Centres are placed Poisson-disk-like (at least ``min_distance`` diameters apart) until the
+   particle disks (diameter ``diameter``) cover ``coverage`` of the free ice -- 0.3 by default,
+   0.04 for a sparse field, 0.5 for a crowded one; a share ``touching_fraction`` of particles
+   touch a neighbour (``touch_distance`` diameters apart); every centre is at least a radius
+   from the image edge, and none lies on carbon or on a contaminant.
 2. **Carbon edge** (with probability ``carbon_probability``): beyond a gently curved boundary
    (the rim of a hole in the carbon film) the image is darker and grainier; no particles there.
 3. **Contaminants**: irregular, strongly dark blobs (ice crystals, ethane droplets), 0.6 to 2.5
@@ -17,7 +34,8 @@ What a simulated micrograph contains, in the order it is made:
    B-factor envelope. It gives particles the dark core, bright halo and Fresnel fringes of real
    defocused images; the ice itself contributes CTF-filtered "structural" noise (Thon rings).
 5. **Ice thickness gradient**: a smooth, low-frequency background (a ramp plus a few long waves).
-6. **Shot noise**: white Gaussian noise.
+6. **Shot noise**: white Gaussian noise -- or, for counts (``pixel_type`` "uint16" or
+   "int16"), Poisson-distributed electron counts (see below).
 
 Contrast is negative as in real data: positive projected mass makes the image darker.
 
@@ -26,7 +44,25 @@ image over the pixels inside the particle disks (radius = diameter / 2 around ev
 divided by the variance per pixel of all noise (shot + structural). The particle image is zero in
 empty ice, so this is signal power against noise power at the pixel size of the micrograph.
 Images are in units of that noise: the noise standard deviation is 1 and empty ice averages about
-0 (plus the ice gradient); they carry no electron-count scale.
+0 (plus the ice gradient); they carry no electron-count scale. For an elongated particle the
+disk holds much empty ice, so its own pixels carry more signal than a globular particle's at
+the same ``snr``.
+
+**Pixel values and files.** ``pixel_type="float32"`` (default) writes the image above as a
+float32 MRC (mode 2). ``"uint16"`` (MRC mode 6) and ``"int16"`` (mode 1) write what a counting
+detector's summed frames hold instead: ``counts = Poisson(dose + g * x)`` with ``x`` the
+noise-free image in noise units (particles, CTF-filtered ice structure, carbon, contaminants,
+ice gradient), ``dose = dose_per_pixel`` and ``g = sqrt(dose / (1 - structural_noise))``, so
+``(counts - dose) / g`` is again in noise standard deviations and the SNR definition holds
+(recorded per micrograph as ``counts_per_noise_sd``). Counts use the same random draws as the
+float image up to the shot noise. ``file_format="png"`` writes PNG instead of MRC: float32
+images as 8-bit grey levels (median -/+ 5 robust standard deviations -> 0..255, as in
+CryoPPP's PNG exports), uint16 counts as 16-bit grey; PNG carries no pixel size.
+
+**The panel.** :data:`SIMULATED_PANEL` names presets with the variety of real data sets
+(globular, shell, elongated, small, raw16, crowded, sparse, carbon, png8; each differs from
+the default in one respect); :func:`simulate_preset` writes one (``selfpick simulate --preset``)
+and :func:`write_panel_preview` draws a crop of each (``docs/images/simulated_panel.png``).
 
 Units: coordinates and lengths in pixels of the micrograph (``x`` = column, ``y`` = row, the
 centre of pixel ``data[r, c]`` is at ``(x, y) = (c, r)``), pixel size in Å, defocus in µm
@@ -34,8 +70,10 @@ centre of pixel ``data[r, c]`` is at ``(x, y) = (c, r)``), pixel size in Å, def
 
 Reproducibility: everything derives from ``seed`` through :class:`numpy.random.SeedSequence`;
 micrograph ``i`` depends only on ``seed`` and ``i`` (not on how many are made), the molecule only
-on ``seed``, and the partial labels use their own stream, so changing ``label_fraction`` changes
-no pixel and the labels for a smaller fraction are a subset of those for a larger one.
+on ``seed`` (and its shape settings), and the partial labels use their own stream, so changing ``label_fraction`` changes
+no pixel and the labels for a smaller fraction are a subset of those for a larger one. The
+shape, in-plane, count and file options draw random numbers only when they are switched on, so
+the default settings give the same data as before they existed.
 """
 
 from __future__ import annotations
@@ -72,6 +110,13 @@ _CONTAMINANT_DARKENING = 2.5
 # Particle disks keep this far (px) from the soft edges of carbon and contaminants.
 _CLEARANCE = 3.0
 
+#: Particle shape families (``SimulationConfig.shape``).
+SHAPES = ("globular", "shell", "elongated")
+#: Pixel types of the written micrographs (``SimulationConfig.pixel_type``).
+PIXEL_TYPES = ("float32", "uint16", "int16")
+#: Micrograph file formats (``SimulationConfig.file_format``).
+FILE_FORMATS = ("mrc", "png")
+
 # Streams of the root SeedSequence (spawn order is part of the reproducibility contract).
 _STREAM_MOLECULE, _STREAM_MICROGRAPHS, _STREAM_LABELS = 0, 1, 2
 
@@ -89,7 +134,7 @@ class SimulationConfig:
     pixel_size: float = 2.0  # Å per pixel (written to the MRC header)
     snr: float = 0.08  # see the module docstring for the exact definition
     label_fraction: float = 1.0  # share of true particles in the partial label set, in (0, 1]
-    coverage: float = 0.30  # share of the free image area covered by particle disks
+    coverage: float = 0.30  # share of the free image area covered by particle disks (density)
     min_distance: float = 0.95  # closest approach of ordinary particles, in diameters
     touching_fraction: float = 0.03  # share of particles placed as touching pairs
     touch_distance: tuple[float, float] = (0.8, 0.9)  # centre distance of touching pairs, diameters
@@ -105,9 +150,25 @@ class SimulationConfig:
     # Mean number of contaminant blobs per area of 25.6 x 25.6 particle diameters (a default
     # 1024 px micrograph); they are 0.6-2.5 diameters across.
     contaminants: float = 1.5
-    n_atoms: int = 60  # Gaussian pseudo-atoms of the molecule
+    n_atoms: int = 60  # Gaussian pseudo-atoms of a globular molecule (shells/rods: at least)
     n_conformations: int = 3
     seed: int = 0
+    # Shape family of the molecule (see the module docstring): "globular", "shell" (hollow
+    # spherical shell, projects to a ring) or "elongated" (a 3:1 rod of domains; `diameter` is
+    # its length, its longest dimension).
+    shape: str = "globular"
+    # Share of particles whose long axis (the molecule's x axis) lies in the image plane, within
+    # about 10 degrees, as elongated particles lie flat in thin ice; the others are uniformly
+    # random. 0 = all uniformly random.
+    in_plane_fraction: float = 0.0
+    # Pixel values: "float32" (noise standard deviations, see the module docstring), or
+    # electron counts as a counting detector's summed frames give them, "uint16" (MRC mode 6)
+    # or "int16" (MRC mode 1), at `dose_per_pixel` electrons per pixel.
+    pixel_type: str = "float32"
+    dose_per_pixel: float = 30.0  # mean electron count per pixel of empty ice (counts only)
+    # Micrograph files: "mrc", or "png" (float32 -> 8-bit grey levels as in CryoPPP's PNG
+    # exports; uint16 -> 16-bit PNG).
+    file_format: str = "mrc"
 
     def validate(self) -> None:
         """Raise :class:`SelfpickError` for settings that cannot make a sensible data set."""
@@ -133,18 +194,48 @@ class SimulationConfig:
             raise SelfpickError(f"--pixel-size must be a positive number of Å (got "
                                 f"{self.pixel_size})")
         if not 0.0 < self.coverage <= 0.5:
-            raise SelfpickError(f"coverage must be in (0, 0.5] (got {self.coverage})")
+            raise SelfpickError(f"--coverage must be in (0, 0.5] (got {self.coverage})")
         lo, hi = self.defocus_um
         if not 0.0 < lo <= hi:
             raise SelfpickError(f"defocus range must satisfy 0 < low <= high (got {lo}, {hi})")
         if not 0.0 <= self.structural_noise < 1.0:
             raise SelfpickError("structural_noise must be in [0, 1)")
         if not 0.0 <= self.carbon_probability <= 1.0:
-            raise SelfpickError("carbon_probability must be in [0, 1]")
+            raise SelfpickError(f"--carbon-probability must be in [0, 1] "
+                                f"(got {self.carbon_probability})")
+        if not self.ice_gradient >= 0 or not math.isfinite(self.ice_gradient):
+            raise SelfpickError(f"--ice-gradient must be >= 0 (got {self.ice_gradient})")
         if self.contaminants < 0:
-            raise SelfpickError("contaminants must be >= 0")
+            raise SelfpickError(f"--contaminants must be >= 0 (got {self.contaminants})")
         if int(self.seed) < 0:
             raise SelfpickError(f"--seed must be >= 0 (got {self.seed})")
+        if self.shape not in SHAPES:
+            raise SelfpickError(f"--shape must be one of {', '.join(SHAPES)} "
+                                f"(got {self.shape!r})")
+        if not 0.0 <= self.in_plane_fraction <= 1.0:
+            raise SelfpickError(f"--in-plane-fraction must be in [0, 1] "
+                                f"(got {self.in_plane_fraction})")
+        if not 0.0 < self.min_distance <= 3.0:
+            raise SelfpickError(f"--min-distance must be in (0, 3] diameters "
+                                f"(got {self.min_distance})")
+        if not 0.0 < self.touch_distance[0] <= self.touch_distance[1]:
+            raise SelfpickError(f"touch_distance must satisfy 0 < low <= high "
+                                f"(got {self.touch_distance})")
+        if not 0.0 <= self.touching_fraction <= 0.5:
+            raise SelfpickError(f"touching_fraction must be in [0, 0.5] "
+                                f"(got {self.touching_fraction})")
+        if self.pixel_type not in PIXEL_TYPES:
+            raise SelfpickError(f"--pixel-type must be one of {', '.join(PIXEL_TYPES)} "
+                                f"(got {self.pixel_type!r})")
+        if self.file_format not in FILE_FORMATS:
+            raise SelfpickError(f"--format must be one of {', '.join(FILE_FORMATS)} "
+                                f"(got {self.file_format!r})")
+        if self.file_format == "png" and self.pixel_type == "int16":
+            raise SelfpickError("--format png holds unsigned pixels: use --pixel-type uint16 "
+                                "(or float32 for 8-bit grey levels), not int16")
+        if not 0.0 < self.dose_per_pixel <= 5000.0 or not math.isfinite(self.dose_per_pixel):
+            raise SelfpickError(f"--dose must be in (0, 5000] electrons per pixel, so counts "
+                                f"fit in 16 bits (got {self.dose_per_pixel})")
 
 
 @dataclass
@@ -152,7 +243,9 @@ class Molecule:
     """A random 3-D density of Gaussian pseudo-atoms.
 
     ``coords`` has shape ``(n_conformations, n_atoms, 3)`` in pixels, centred on the centre of
-    mass; ``weights`` shape ``(n_atoms,)`` (relative mass); ``sigma`` is the atom width in pixels.
+    mass (of the first conformation for "globular", of each for "shell" and "elongated", whose
+    long axis is x); ``weights`` shape ``(n_atoms,)`` (relative mass); ``sigma`` is the atom
+    width in pixels.
     Every atom lies within ``diameter / 2 - 1.5 sigma`` of the centre, so every projection fits
     inside the particle circle.
     """
@@ -167,7 +260,9 @@ class SimulationResult:
     """What :func:`simulate_dataset` wrote.
 
     ``truth`` and ``labels`` map micrograph name -> ``(N, 2)`` float array of centres
-    ``(x, y)`` in pixels.
+    ``(x, y)`` in pixels. ``truth_file`` / ``labels_file`` are the JSON coordinate files
+    (``truth/particles.star`` and ``truth/csv/`` hold the same), ``diameter`` the particle
+    diameter in pixels (for "elongated" particles their length).
     """
 
     output_dir: Path
@@ -177,6 +272,7 @@ class SimulationResult:
     preview: Path | None
     metadata: dict[str, Any]
     seconds: float = 0.0
+    config: SimulationConfig | None = None
 
     @property
     def n_particles(self) -> int:
@@ -185,6 +281,26 @@ class SimulationResult:
     @property
     def n_labels(self) -> int:
         return int(sum(len(v) for v in self.labels.values()))
+
+    @property
+    def diameter(self) -> float:
+        return float(self.metadata["config"]["diameter"])
+
+    @property
+    def pixel_size(self) -> float:
+        return float(self.metadata["config"]["pixel_size"])
+
+    @property
+    def micrograph_dir(self) -> Path:
+        return self.output_dir / "micrographs"
+
+    @property
+    def truth_file(self) -> Path:
+        return self.output_dir / "truth" / "coordinates.json"
+
+    @property
+    def labels_file(self) -> Path:
+        return self.output_dir / "labels" / "coordinates.json"
 
 
 # --------------------------------------------------------------------------------------------
@@ -217,9 +333,14 @@ def micrograph_names(n: int) -> list[str]:
 
 
 def make_molecule(cfg: SimulationConfig) -> Molecule:
-    """Build the data set's molecule from ``cfg.seed`` (same seed -> same molecule)."""
+    """Build the data set's molecule of ``cfg.shape`` from ``cfg.seed`` (same seed -> same
+    molecule)."""
     rng = np.random.default_rng(np.random.SeedSequence(int(cfg.seed),
                                                        spawn_key=(_STREAM_MOLECULE,)))
+    if cfg.shape == "shell":
+        return _shell_molecule(rng, cfg)
+    if cfg.shape == "elongated":
+        return _elongated_molecule(rng, cfg)
     radius = cfg.diameter / 2.0
     sigma = max(1.0, cfg.diameter / 14.0)
     n_atoms = max(4, int(cfg.n_atoms))
@@ -258,6 +379,93 @@ def make_molecule(cfg: SimulationConfig) -> Molecule:
     return Molecule(np.asarray(confs, dtype=np.float64), weights.astype(np.float64), sigma)
 
 
+def _fit_and_centre(atoms: np.ndarray, weights: np.ndarray, r_lim: float) -> np.ndarray:
+    """Move the centre of mass to the origin, then shrink (never grow) so that every atom is
+    within ``r_lim`` of it."""
+    atoms = atoms - np.average(atoms, axis=0, weights=weights)
+    return atoms * min(1.0, r_lim / np.linalg.norm(atoms, axis=1).max())
+
+
+def _shell_molecule(rng: np.random.Generator, cfg: SimulationConfig) -> Molecule:
+    """A hollow spherical shell (a virus capsid, apoferritin): subunits of a few atoms each,
+    spread evenly over a sphere, the wall from about 0.65 of the outer radius to the outer
+    radius (apoferritin: 8 and 12 nm diameters).
+
+    Atoms are narrower than a globular molecule's (``diameter / 20``) so the wall stays
+    thin. Every projection is a ring: the line of sight crosses the wall face-on in the middle
+    (about half the projected mass of the rim) and grazes it at the rim. Conformations breathe:
+    the radius shrinks by 1.5 % per step.
+    """
+    radius = cfg.diameter / 2.0
+    sigma = max(1.0, cfg.diameter / 20.0)
+    r_lim = radius - 1.5 * sigma
+    r_in = min(0.65 * radius + sigma, r_lim)  # atom centres between r_in and r_lim
+    r_mid = 0.5 * (r_in + r_lim)
+    # Subunits about 3 atom widths apart; a Fibonacci lattice spreads them evenly.
+    n_sub = int(np.clip(round(4 * math.pi * r_mid**2 / (3.0 * sigma) ** 2), 12, 400))
+    per_sub = max(4, math.ceil(int(cfg.n_atoms) / n_sub))
+    k = np.arange(n_sub) + 0.5
+    polar = np.arccos(1 - 2 * k / n_sub)
+    azim = math.pi * (1 + 5**0.5) * k
+    sub = np.stack([np.cos(azim) * np.sin(polar), np.sin(azim) * np.sin(polar),
+                    np.cos(polar)], axis=1)
+    sub = sub @ random_rotations(rng, 1)[0].T
+    # Atoms of a subunit: spread along the surface around its centre, anywhere in the wall.
+    atoms = sub[:, None, :] * r_mid + rng.normal(scale=sigma, size=(n_sub, per_sub, 3))
+    direction = atoms / np.linalg.norm(atoms, axis=2, keepdims=True)
+    atoms = (direction * rng.uniform(r_in, r_lim, size=(n_sub, per_sub, 1))).reshape(-1, 3)
+    weights = rng.uniform(0.6, 1.4, size=len(atoms))
+    atoms = _fit_and_centre(atoms, weights, r_lim)
+    confs = [atoms * (1.0 - 0.015 * k) for k in range(max(1, int(cfg.n_conformations)))]
+    return Molecule(np.asarray(confs, dtype=np.float64), weights.astype(np.float64), sigma)
+
+
+def _elongated_molecule(rng: np.random.Generator, cfg: SimulationConfig) -> Molecule:
+    """A rod of 4-6 domains in a slightly wavy row along x: a filament fragment, a
+    coiled-coil protein, an elongated complex. About 3:1: ``diameter`` is the length (the
+    longest dimension), the width is a third of it. Atoms are narrower than a globular
+    molecule's (``diameter / 24``) so the thin rod still shows its domains. Conformations bend
+    the rod at a domain boundary near the middle by 8 degrees per step."""
+    d = cfg.diameter
+    sigma = max(1.0, d / 24.0)
+    r_lim = d / 2.0 - 1.5 * sigma
+    half_w = max(0.5 * sigma, d / 6.0 - 1.5 * sigma)  # lateral reach of atom centres
+    n_dom = int(rng.integers(4, 7))
+    per_dom = max(20, math.ceil(int(cfg.n_atoms) / n_dom))
+    half_len = r_lim / n_dom  # domains tile [-r_lim, r_lim] along x
+    centres = np.zeros((n_dom, 3))
+    centres[:, 0] = -r_lim + half_len * (2 * np.arange(n_dom) + 1)
+    centres[:, 1:] = np.clip(rng.normal(scale=0.3 * half_w, size=(n_dom, 2)),
+                             -0.5 * half_w, 0.5 * half_w)
+    # Atoms uniform in an ellipsoid around each domain centre, overlapping its neighbours a
+    # little: a continuous rod with shallow grooves between rounded domains.
+    direction = rng.normal(size=(n_dom, per_dom, 3))
+    direction /= np.linalg.norm(direction, axis=2, keepdims=True)
+    reach = rng.uniform(0, 1, size=(n_dom, per_dom, 1)) ** (1 / 3)
+    atoms = centres[:, None, :] + direction * reach * np.array([1.25 * half_len, half_w, half_w])
+    domain = np.repeat(np.arange(n_dom), per_dom)
+    atoms = atoms.reshape(-1, 3)
+    lateral = np.linalg.norm(atoms[:, 1:], axis=1, keepdims=True)
+    atoms[:, 1:] *= np.minimum(1.0, half_w / np.maximum(lateral, 1e-9))
+    atoms[:, 0] = np.clip(atoms[:, 0], -r_lim, r_lim)
+    weights = rng.uniform(0.6, 1.4, size=len(atoms))
+    atoms = _fit_and_centre(atoms, weights, r_lim)
+    hinge_x = 0.5 * float(atoms[domain == n_dom // 2 - 1, 0].mean()
+                          + atoms[domain == n_dom // 2, 0].mean())
+    moving = domain >= n_dom // 2
+    bend = rng.normal(size=3)
+    bend[0] = 0.0
+    bend /= np.linalg.norm(bend)
+    confs = [atoms]
+    for k in range(1, max(1, int(cfg.n_conformations))):
+        angle = math.radians(8.0) * (1 if k % 2 else -1) * ((k + 1) // 2)
+        pivot = np.array([hinge_x, 0.0, 0.0])
+        c = atoms.copy()
+        c[moving] = (c[moving] - pivot) @ _axis_angle_matrix(bend, angle).T + pivot
+        confs.append(_fit_and_centre(c, weights, r_lim))
+    return Molecule(np.asarray(confs, dtype=np.float64), weights.astype(np.float64), sigma)
+
+
 def _axis_angle_matrix(axis: np.ndarray, angle: float) -> np.ndarray:
     x, y, z = axis
     k = np.array([[0, -z, y], [z, 0, -x], [-y, x, 0]])
@@ -274,6 +482,24 @@ def random_rotations(rng: np.random.Generator, n: int) -> np.ndarray:
         np.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1),
         np.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1),
     ], axis=1)
+
+
+def in_plane_rotations(rng: np.random.Generator, n: int, tilt_deg: float = 10.0) -> np.ndarray:
+    """``(n, 3, 3)`` rotations that keep the molecule's x axis near the image plane: a random
+    spin about x, a tilt out of the plane (normal, ``tilt_deg`` standard deviation), a
+    uniformly random direction in the plane -- side views, as rods lying flat in thin ice."""
+    def rot(axis: int, angle: np.ndarray) -> np.ndarray:
+        c, s = np.cos(angle), np.sin(angle)
+        i, j = [a for a in range(3) if a != axis]
+        m = np.zeros((len(angle), 3, 3))
+        m[:, axis, axis] = 1.0
+        m[:, i, i], m[:, i, j], m[:, j, i], m[:, j, j] = c, -s, s, c
+        return m
+
+    spin = rng.uniform(0, 2 * math.pi, size=n)
+    tilt = rng.normal(0, math.radians(tilt_deg), size=n)
+    turn = rng.uniform(0, 2 * math.pi, size=n)
+    return rot(2, turn) @ rot(1, tilt) @ rot(0, spin)
 
 
 def render_particles(
@@ -617,7 +843,8 @@ def simulate_micrograph(
     Returns
     -------
     image:
-        ``float32 (size, size)``, noise standard deviation about 1, particles dark.
+        ``float32 (size, size)``, noise standard deviation about 1, particles dark; or, with
+        ``cfg.pixel_type`` "uint16" / "int16", electron counts of that type (module docstring).
     truth_xy:
         ``float64 (N, 2)`` particle centres ``(x, y)`` in pixels.
     extras:
@@ -647,6 +874,9 @@ def simulate_micrograph(
     xy, touching = place_particles(rng, cfg, carbon, conts)
     n = len(xy)
     rots = random_rotations(rng, n)
+    if cfg.in_plane_fraction > 0:  # no draws otherwise: other settings keep their pixels
+        flat = rng.random(n) < cfg.in_plane_fraction
+        rots[flat] = in_plane_rotations(rng, int(flat.sum()))
     confs = rng.integers(0, len(molecule.coords), size=n)
     # Occupancy / local ice: particles are not all equally strong.
     scales = rng.uniform(0.85, 1.15, size=n)
@@ -683,9 +913,19 @@ def simulate_micrograph(
     image = signal + scatter
     image -= np.float32(_CARBON_DARKENING) * carbon_m + np.float32(_CONTAMINANT_DARKENING) * cont_m
     image += _ice_background(rng, shape, cfg.ice_gradient)
-    shot = rng.standard_normal(shape, dtype=np.float32)
-    image += shot * np.float32(math.sqrt(1.0 - cfg.structural_noise))
-    image = image.astype(np.float32, copy=False)
+    counts_per_sd = None
+    if cfg.pixel_type == "float32":
+        shot = rng.standard_normal(shape, dtype=np.float32)
+        image += shot * np.float32(math.sqrt(1.0 - cfg.structural_noise))
+        image = image.astype(np.float32, copy=False)
+    else:
+        # Electron counts: the noise-free image modulates the dose, Poisson draws make the
+        # shot noise (it replaces the Gaussian one, so the noise variance is the same in
+        # units of counts_per_sd; see the module docstring).
+        counts_per_sd = math.sqrt(cfg.dose_per_pixel / (1.0 - cfg.structural_noise))
+        lam = np.clip(cfg.dose_per_pixel + counts_per_sd * image.astype(np.float64), 0, None)
+        top = np.iinfo(np.dtype(cfg.pixel_type)).max
+        image = np.minimum(rng.poisson(lam), top).astype(cfg.pixel_type)
 
     extras: dict[str, Any] = {
         "index": int(index),
@@ -700,6 +940,7 @@ def simulate_micrograph(
         "contaminants": conts,
         "signal_gain": gain,
         "snr": float(cfg.snr) if power > 0 else 0.0,
+        "counts_per_noise_sd": counts_per_sd,
         "carbon_mask": carbon_m > 0.5,
         "contaminant_mask": cont_m > 0.05,
     }
@@ -728,12 +969,17 @@ def simulate_dataset(
     output_dir: str | os.PathLike,
     overwrite: bool = False,
     progress: bool = False,
+    preset: str | None = None,
 ) -> SimulationResult:
     """Simulate ``cfg.n_micrographs`` micrographs and write the data set to ``output_dir``.
 
+    ``preset`` is only recorded in ``simulation.json`` (:func:`simulate_preset` passes it).
+
     Layout::
 
-        micrographs/sim_000.mrc ...   float32 MRC, voxel size = cfg.pixel_size (Å)
+        micrographs/sim_000.mrc ...   float32 MRC, voxel size = cfg.pixel_size (Å); uint16 or
+                                      int16 counts with cfg.pixel_type; .png with
+                                      cfg.file_format "png" (see write_micrograph_file)
         truth/coordinates.json        every particle, {"sim_000": [[x, y], ...]}
         truth/particles.star          every particle, one STAR with rlnMicrographName
         truth/csv/sim_000.csv         every particle, CryoPPP CSV per micrograph
@@ -765,7 +1011,7 @@ def simulate_dataset(
 
         raise os_error_to_output_error(exc, out) from exc
     try:
-        result = _simulate_into(cfg, stage, progress)
+        result = _simulate_into(cfg, stage, progress, preset)
         _move_into_place(stage, out)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
@@ -798,12 +1044,12 @@ def _move_into_place(stage: Path, out: Path) -> None:
         raise os_error_to_output_error(exc, out) from exc
 
 
-def _simulate_into(cfg: SimulationConfig, out: Path, progress: bool) -> SimulationResult:
+def _simulate_into(cfg: SimulationConfig, out: Path, progress: bool,
+                   preset: str | None = None) -> SimulationResult:
     import pandas as pd
     from tqdm import tqdm
 
     from selfpick.io.coords import make_picks, write_coordinates, write_per_micrograph
-    from selfpick.io.micrographs import write_mrc
     from selfpick.utils.atomic import atomic_write_json
 
     molecule = make_molecule(cfg)
@@ -817,9 +1063,9 @@ def _simulate_into(cfg: SimulationConfig, out: Path, progress: bool) -> Simulati
     bar = tqdm(names, desc="simulate", unit="micrograph", disable=None if progress else True)
     for i, name in enumerate(bar):
         image, xy, extras = simulate_micrograph(micrograph_rng(cfg.seed, i), cfg, i, molecule)
-        path = out / "micrographs" / f"{name}.mrc"
-        write_mrc(path, image, pixel_size=cfg.pixel_size,
-                  label=f"selfpick {__version__} simulate seed={cfg.seed} {name}")
+        path = out / "micrographs" / f"{name}.{cfg.file_format}"
+        write_micrograph_file(path, image, cfg,
+                              label=f"selfpick {__version__} simulate seed={cfg.seed} {name}")
         paths.append(path)
         truth[name] = xy
         labels[name] = xy[choose_labels(xy, cfg.label_fraction, _labels_rng(cfg.seed, i))]
@@ -828,7 +1074,7 @@ def _simulate_into(cfg: SimulationConfig, out: Path, progress: bool) -> Simulati
         info = {k: v for k, v in extras.items()
                 if k not in ("touching", "carbon_mask", "contaminant_mask")}
         info["name"] = name
-        info["file"] = f"micrographs/{name}.mrc"
+        info["file"] = f"micrographs/{name}.{cfg.file_format}"
         info["n_labels"] = int(len(labels[name]))
         per_mic.append(info)
 
@@ -854,10 +1100,13 @@ def _simulate_into(cfg: SimulationConfig, out: Path, progress: bool) -> Simulati
 
     metadata = {
         "selfpick_version": __version__,
+        "preset": preset,
         "config": dataclasses.asdict(cfg),
         "units": {"coordinates": "pixels (x = column, y = row)", "diameter": "pixels",
                   "pixel_size": "Å/pixel", "defocus": "µm, underfocus positive",
-                  "image": "noise standard deviations; particles dark"},
+                  "image": _image_units(cfg)},
+        "truth_centre": "projection of the particle's centre of mass (= centre of mass of "
+                        "its projected density)",
         "snr_definition": "mean square of the CTF-filtered particle image inside the particle "
                           "disks / variance of all noise per pixel",
         "molecule": {"n_atoms": int(molecule.weights.size),
@@ -868,7 +1117,254 @@ def _simulate_into(cfg: SimulationConfig, out: Path, progress: bool) -> Simulati
         "micrographs": per_mic,
     }
     atomic_write_json(out / "simulation.json", metadata)
-    return SimulationResult(out, paths, truth, labels, preview, metadata)
+    return SimulationResult(out, paths, truth, labels, preview, metadata, config=cfg)
+
+
+# --------------------------------------------------------------------------------------------
+# Micrograph files
+
+
+def _image_units(cfg: SimulationConfig) -> str:
+    if cfg.pixel_type != "float32":
+        kind = "16-bit PNG" if cfg.file_format == "png" else f"{cfg.pixel_type} MRC"
+        return (f"electron counts ({kind}), {cfg.dose_per_pixel:g} per pixel of empty ice on "
+                "average, Poisson; (counts - dose) / counts_per_noise_sd is in noise standard "
+                "deviations; particles dark")
+    if cfg.file_format == "png":
+        return ("8-bit grey levels: 0 and 255 = median -/+ 5 robust noise standard deviations "
+                "of the micrograph; particles dark")
+    return "noise standard deviations; particles dark"
+
+
+def to_uint8(image: np.ndarray, spread: float = 5.0) -> np.ndarray:
+    """8-bit grey levels as exported PNG micrographs have them (CryoPPP): a linear stretch of
+    the median -/+ ``spread`` robust standard deviations (1.4826 x median absolute deviation)
+    to 0..255, clipped, so noise spans many grey levels and only carbon, ice crystals and
+    outliers saturate."""
+    img = np.asarray(image, dtype=np.float32)
+    med = float(np.median(img))
+    sd = 1.4826 * float(np.median(np.abs(img - med))) or float(img.std()) or 1.0
+    lo = med - spread * sd
+    scaled = (img - np.float32(lo)) * np.float32(255.0 / (2 * spread * sd))
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def write_micrograph_file(path: str | os.PathLike, image: np.ndarray, cfg: SimulationConfig,
+                          label: str = "selfpick") -> None:
+    """Write one simulated micrograph as ``cfg`` says, atomically and byte-reproducibly.
+
+    - MRC, float32 image: mode 2 (:func:`selfpick.io.micrographs.write_mrc`);
+    - MRC, uint16 / int16 counts: mode 6 / mode 1, the same header (pixel size, one label);
+    - PNG, float32 image: 8-bit grey (:func:`to_uint8`); PNG, uint16 counts: 16-bit grey.
+    """
+    from selfpick.io.micrographs import write_mrc
+    from selfpick.utils.atomic import atomic_path, atomic_write_bytes
+
+    if cfg.file_format == "png":
+        from PIL import Image
+
+        arr = np.ascontiguousarray(image)
+        # 2-D uint16 -> mode "I;16", uint8 -> "L" (Pillow picks the mode from the dtype).
+        if arr.dtype == np.uint16:
+            im = Image.fromarray(arr.astype("<u2"))
+        elif arr.dtype.kind == "f":
+            im = Image.fromarray(to_uint8(arr))
+        else:
+            raise ValueError(f"a PNG micrograph holds uint8 or uint16, not {arr.dtype}")
+        buf = io.BytesIO()
+        im.save(buf, format="PNG")
+        atomic_write_bytes(path, buf.getvalue())
+        return
+    if image.dtype == np.float32:
+        write_mrc(path, image, pixel_size=cfg.pixel_size, label=label)
+        return
+    import mrcfile
+
+    arr = np.ascontiguousarray(image)
+    if arr.dtype not in (np.uint16, np.int16):
+        raise ValueError(f"a counts MRC holds uint16 or int16, not {arr.dtype}")
+    with atomic_path(path) as tmp:
+        with mrcfile.new(tmp, overwrite=True) as mrc:
+            mrc.set_data(arr)  # uint16 -> mode 6, int16 -> mode 1
+            mrc.voxel_size = float(cfg.pixel_size)
+            mrc.header.label[0] = label.encode("ascii", "replace")[:80]
+            mrc.header.nlabl = 1
+
+
+# --------------------------------------------------------------------------------------------
+# The panel of presets: the variety of real data sets
+
+#: Named presets: overrides of :class:`SimulationConfig` defaults. Each changes one thing
+#: about the default ("globular") data set, so a benchmark across the panel shows which kind
+#: of data a default of selfpick handles badly. ``size`` is the micrograph side the preset is
+#: meant for; callers may pass a smaller one (at least 4 diameters).
+SIMULATED_PANEL: dict[str, dict[str, Any]] = {
+    # A ~150 kDa globular complex, 40 px at 2 Å/px, 1k micrographs: the default data set.
+    "globular": {},
+    # Apoferritin / a small capsid: 120 Å hollow shell at 1.5 Å/px, projects to a ring.
+    "shell": {"shape": "shell", "diameter": 80.0, "pixel_size": 1.5, "snr": 0.04},
+    # A 3:1 rod of domains 64 px long (21 px wide), mostly lying flat in the ice.
+    "elongated": {"shape": "elongated", "diameter": 64.0, "in_plane_fraction": 0.7,
+                  "min_distance": 0.8, "snr": 0.03},
+    # A ~50 kDa protein, 28 px at 1.8 Å/px in 2k micrographs, at low SNR.
+    "small": {"diameter": 28.0, "size": 2048, "pixel_size": 1.8, "snr": 0.05},
+    # Summed counting-detector frames: uint16 electron counts (30 e/px), low SNR, defocus
+    # 1.5-3.5 µm, in MRC mode 6.
+    "raw16": {"pixel_type": "uint16", "dose_per_pixel": 30.0, "snr": 0.05,
+              "defocus_um": (1.5, 3.5)},
+    # A concentrated sample: disks cover about half the ice (a little less is reached),
+    # neighbours 0.8 diameters apart, 15 % in touching (overlapping) pairs.
+    "crowded": {"coverage": 0.5, "min_distance": 0.8, "touching_fraction": 0.15,
+                "touch_distance": (0.65, 0.78)},
+    # A dilute sample: disks cover 4 % of the ice (about 30 particles per micrograph).
+    "sparse": {"coverage": 0.04},
+    # Every micrograph at a hole's edge: carbon, a strong ice-thickness gradient, more ice
+    # contamination.
+    "carbon": {"carbon_probability": 1.0, "ice_gradient": 1.5, "contaminants": 3.0},
+    # 8-bit PNG micrographs, as CryoPPP ships them (grey levels, no pixel size).
+    "png8": {"file_format": "png"},
+}
+
+#: What each preset stands for (its settings are in :data:`SIMULATED_PANEL`).
+PRESET_NOTES: dict[str, str] = {
+    "globular": "the default data set, a ~150 kDa globular complex",
+    "shell": "hollow spherical shells, apoferritin-like rings",
+    "elongated": "3:1 rods of domains, most lying flat",
+    "small": "a ~50 kDa protein in 2k micrographs at low SNR",
+    "raw16": "summed counting-detector frames: uint16 electron counts (MRC mode 6), low SNR",
+    "crowded": "a concentrated sample, many touching particles",
+    "sparse": "a dilute sample, about 30 particles per micrograph",
+    "carbon": "a carbon edge on every micrograph, strong ice gradient, more contaminants",
+    "png8": "8-bit PNG micrographs like CryoPPP's exports",
+}
+
+
+def describe_preset(name: str) -> str:
+    """``"name: note (setting=value ...)"`` -- the note and the exact overrides of a preset."""
+    def show(v: Any) -> str:
+        if isinstance(v, tuple):
+            return "-".join(show(x) for x in v)
+        return f"{v:g}" if isinstance(v, float) else str(v)
+
+    values = " ".join(f"{k}={show(v)}" for k, v in SIMULATED_PANEL[name].items())
+    return f"{name}: {PRESET_NOTES.get(name, '')} ({values or 'no changes'})"
+
+
+def preset_config(name: str, **overrides: Any) -> SimulationConfig:
+    """The :class:`SimulationConfig` of preset ``name`` with ``overrides`` applied on top
+    (``None`` values are ignored, so unset command-line flags keep the preset's value)."""
+    if name not in SIMULATED_PANEL:
+        raise SelfpickError(f"unknown preset {name!r}; choose one of "
+                            f"{', '.join(SIMULATED_PANEL)}")
+    fields = {f.name for f in dataclasses.fields(SimulationConfig)}
+    values = {**SIMULATED_PANEL[name], **{k: v for k, v in overrides.items() if v is not None}}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise SelfpickError(f"not a simulation setting: {', '.join(unknown)}")
+    return SimulationConfig(**values)
+
+
+def simulate_preset(
+    name: str,
+    output_dir: str | os.PathLike,
+    n_micrographs: int | None = None,
+    size: int | None = None,
+    seed: int = 0,
+    label_fraction: float = 1.0,
+    overwrite: bool = False,
+    progress: bool = False,
+    **overrides: Any,
+) -> SimulationResult:
+    """Write preset ``name``'s data set (:data:`SIMULATED_PANEL`) to ``output_dir``.
+
+    ``n_micrographs`` and ``size`` default to the preset's (8 and usually 1024 px); any other
+    :class:`SimulationConfig` field can be overridden by keyword. The result names the
+    micrographs (``result.micrographs``), the truth (``result.truth_file``, and
+    ``result.truth`` in memory), the partial labels (``result.labels_file``) and the particle
+    diameter (``result.diameter``, pixels).
+    """
+    cfg = preset_config(name, n_micrographs=n_micrographs, size=size, seed=seed,
+                        label_fraction=label_fraction, **overrides)
+    return simulate_dataset(cfg, output_dir, overwrite=overwrite, progress=progress,
+                            preset=name)
+
+
+def write_panel_preview(
+    path: str | os.PathLike,
+    names: list[str] | None = None,
+    seed: int = 0,
+    marks: bool = False,
+    dpi: int = 150,
+) -> None:
+    """A montage of one crop per preset (micrograph 0 of each, at the preset's own size):
+    about 10 particle diameters square, low-pass filtered and stretched as
+    :func:`write_preview` does (``marks``: true centres as green circles). The "carbon" crop
+    is chosen to show the edge. PNG, ``dpi`` (a 3 x 3 panel is 10 x 10.7 inches).
+
+    ``docs/images/simulated_panel.png`` is ``write_panel_preview(path, dpi=100)``.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.collections import EllipseCollection
+    from matplotlib.figure import Figure
+
+    from selfpick.utils.atomic import atomic_write_bytes
+
+    names = list(names or SIMULATED_PANEL)
+    ncol = min(3, len(names))
+    nrow = math.ceil(len(names) / ncol)
+    fig = Figure(figsize=(3.3 * ncol, 3.55 * nrow), dpi=dpi)
+    FigureCanvasAgg(fig)
+    axes = np.atleast_1d(fig.subplots(nrow, ncol)).ravel()
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.5 / (3.55 * nrow),
+                        wspace=0.03, hspace=0.12)
+    for ax in axes:
+        ax.set_axis_off()
+    for ax, name in zip(axes, names):
+        cfg = preset_config(name, n_micrographs=1, seed=seed)
+        image, xy, extras = simulate_micrograph(micrograph_rng(seed, 0), cfg, 0,
+                                                make_molecule(cfg))
+        view = np.asarray(image, dtype=np.float32)
+        if cfg.file_format == "png" and image.dtype == np.float32:
+            view = to_uint8(image).astype(np.float32)  # what the file holds
+        crop = int(min(cfg.size, max(256, round(10 * cfg.diameter))))
+        r0, c0 = _panel_window(extras["carbon_mask"], crop, 0.3 if name == "carbon" else 0.0)
+        win = lowpass(view, max(1.0, cfg.diameter / 12.0))[r0:r0 + crop, c0:c0 + crop]
+        # Grey levels from the ice in the hole: carbon may clip to black.
+        hole = ~extras["carbon_mask"][r0:r0 + crop, c0:c0 + crop]
+        lo, hi = _display_range(win[hole] if hole.mean() > 0.2 else win)
+        ax.imshow(win, cmap="gray", vmin=lo, vmax=hi, interpolation="antialiased")
+        if marks:
+            inside = ((xy[:, 0] >= c0) & (xy[:, 0] < c0 + crop)
+                      & (xy[:, 1] >= r0) & (xy[:, 1] < r0 + crop))
+            ax.add_collection(EllipseCollection(
+                cfg.diameter, cfg.diameter, 0, units="xy",
+                offsets=xy[inside] - [c0, r0], offset_transform=ax.transData,
+                facecolors="none", edgecolors="lime", linewidths=0.5))
+        ax.set_title(f"{name}: d {cfg.diameter:g} px, crop {crop} of {cfg.size} px",
+                     fontsize=7)
+    fig.suptitle(f"selfpick simulate --preset NAME (micrograph 0, seed {seed}; low-pass "
+                 "filtered, particles dark)", fontsize=8)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _panel_window(carbon: np.ndarray, crop: int, target: float) -> tuple[int, int]:
+    """Top-left corner of the ``crop``-square window whose carbon share is closest to
+    ``target`` (ties: nearest the middle)."""
+    size = carbon.shape[0]
+    if crop >= size:
+        return 0, 0
+    starts = np.linspace(0, size - crop, 9).round().astype(int)
+    best, best_key = (0, 0), None
+    for r in starts:
+        for c in starts:
+            share = float(carbon[r:r + crop, c:c + crop].mean())
+            off = abs(r - (size - crop) / 2) + abs(c - (size - crop) / 2)
+            key = (round(abs(share - target), 2), off)
+            if best_key is None or key < best_key:
+                best, best_key = (int(r), int(c)), key
+    return best
 
 
 # --------------------------------------------------------------------------------------------
@@ -880,6 +1376,15 @@ def lowpass(image: np.ndarray, sigma: float) -> np.ndarray:
     from scipy.ndimage import gaussian_filter
 
     return gaussian_filter(np.asarray(image, dtype=np.float32), sigma, mode="reflect")
+
+
+def _display_range(view: np.ndarray) -> tuple[float, float]:
+    """Grey-scale limits around the ice (median +- 4.5 robust sd): carbon and ice crystals may
+    clip to black, as they do on a microscope screen, instead of washing out the particles."""
+    view = np.asarray(view, dtype=np.float32)
+    med = float(np.median(view))
+    sd = 1.4826 * float(np.median(np.abs(view - med))) or float(view.std()) or 1.0
+    return med - 4.5 * sd, med + 4.5 * sd
 
 
 def write_preview(
@@ -903,11 +1408,7 @@ def write_preview(
     # Low-pass to about a tenth of a particle: what a person squinting at a micrograph sees.
     smooth = lowpass(image, max(1.0, cfg.diameter / 12.0))
     view = smooth[: ny // b * b, : nx // b * b].reshape(ny // b, b, nx // b, b).mean(axis=(1, 3))
-    # Stretch around the ice (median +- 4.5 robust sd): carbon and ice crystals may clip to
-    # black, as they do on a microscope screen, instead of washing out the particles.
-    med = float(np.median(view))
-    sd = 1.4826 * float(np.median(np.abs(view - med))) or float(view.std()) or 1.0
-    lo, hi = med - 4.5 * sd, med + 4.5 * sd
+    lo, hi = _display_range(view)
 
     fig = Figure(figsize=(2 * view.shape[1] / 150 + 0.4, view.shape[0] / 150 + 0.5), dpi=150)
     FigureCanvasAgg(fig)

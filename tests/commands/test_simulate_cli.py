@@ -93,3 +93,65 @@ def test_bad_flags_exit_2_without_output(tmp_path, capsys, flags, words):
     err = capsys.readouterr().err
     assert words in err and "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_preset_and_explicit_flags_override_it(tmp_path, caplog):
+    from selfpick.simulate import SIMULATED_PANEL
+
+    out = tmp_path / "rings"
+    with caplog.at_level(logging.INFO, logger="selfpick"):
+        rc = main(["simulate", "--output", str(out), "--preset", "shell", "-n", "1",
+                   "--size", "256", "--diameter", "60", "--seed", "2"])
+    assert rc == 0
+    assert "preset shell" in caplog.text
+    meta = json.loads((out / "simulation.json").read_text())
+    assert meta["preset"] == "shell"
+    cfg = meta["config"]
+    assert cfg["shape"] == "shell" and cfg["diameter"] == 60  # flag beats preset (80)
+    assert cfg["snr"] == pytest.approx(SIMULATED_PANEL["shell"]["snr"])  # preset kept
+    assert cfg["pixel_size"] == pytest.approx(SIMULATED_PANEL["shell"]["pixel_size"])
+    assert cfg["size"] == 256 and cfg["seed"] == 2
+
+
+def test_raw16_and_png_flags_write_those_files(tmp_path):
+    import mrcfile
+    from PIL import Image
+
+    out = tmp_path / "raw"
+    assert main(["simulate", "--output", str(out), "--preset", "raw16", *SMALL, "--dose",
+                 "45", "-q"]) == 0
+    with mrcfile.open(out / "micrographs" / "sim_000.mrc", permissive=True) as mrc:
+        assert int(mrc.header.mode) == 6 and mrc.data.dtype == np.uint16
+        assert np.asarray(mrc.data).mean() == pytest.approx(45, rel=0.05)
+    out = tmp_path / "png"
+    assert main(["simulate", "--output", str(out), *SMALL, "--format", "png", "--shape",
+                 "elongated", "--coverage", "0.1", "-q"]) == 0
+    meta = json.loads((out / "simulation.json").read_text())
+    assert meta["config"]["shape"] == "elongated" and meta["config"]["coverage"] == 0.1
+    assert meta["preset"] is None
+    with Image.open(out / "micrographs" / "sim_001.png") as im:
+        assert im.mode == "L"
+
+
+def test_help_lists_the_presets(capsys):
+    from selfpick.simulate import SIMULATED_PANEL
+
+    with pytest.raises(SystemExit):
+        main(["simulate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--preset" in text
+    for name in SIMULATED_PANEL:
+        assert f"{name}:" in text
+
+
+def test_unknown_preset_and_bad_combinations_exit_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["simulate", "--output", str(tmp_path / "a"), "--preset", "fibrils"])
+    assert exc.value.code == 2
+    assert "fibrils" in capsys.readouterr().err
+    rc = main(["simulate", "--output", str(tmp_path / "b"), *SMALL, "--format", "png",
+               "--pixel-type", "int16"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "--format png" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
