@@ -112,6 +112,12 @@ class LossConfig:
                                    "(class imbalance); unset = 1", bounds=(0, None), above=True)
     focal_weight: float = opt(0.7, "weight of the focal term in the combined loss", bounds=(0, None))
     dice_weight: float = opt(0.3, "weight of the Dice term in the combined loss", bounds=(0, None))
+    pu_epochs: int = opt(20, "when validation says the picks are partial (label completeness "
+                         "below 0.8), the supervised stage goes on for this many epochs with a "
+                         "positive-unlabelled loss that does not count unpicked particles as "
+                         "background (class prior from the estimated completeness); the "
+                         "stage keeps whichever model validates better; 0 = off",
+                         bounds=(0, None))
 
 
 @dataclass
@@ -258,7 +264,8 @@ SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
 # the model image directly until "input_stride" was, and self-training ran whatever the
 # labels' completeness until "self_train_complete_labels" was added.
 SAVED_BEFORE: dict[str, dict[str, Any]] = {"model": {"skip": "concat", "input_stride": 1},
-                                            "selftrain": {"self_train_complete_labels": True}}
+                                            "selftrain": {"self_train_complete_labels": True},
+                                            "loss": {"pu_epochs": 0}}
 
 
 def _field_index() -> dict[str, tuple[str, dataclasses.Field]]:

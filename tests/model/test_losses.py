@@ -253,3 +253,61 @@ def test_combined_loss_accepts_half_precision_logits():
     loss16, _ = CombinedLoss()(logits.half(), targets)
     assert loss16.dtype == torch.float32
     assert loss16.item() == pytest.approx(loss32.item(), rel=1e-2)
+
+
+# ---------------------------------------------------------------- positive-unlabelled
+
+
+def test_pu_loss_without_hidden_particles_is_the_balanced_bce():
+    from selfpick.model.losses import PULoss
+
+    torch.manual_seed(0)
+    z = torch.randn(2, 1, 8, 8)
+    t = (torch.rand(2, 1, 8, 8) < 0.2).float()
+    t[0, 0, 0, :3] = -1
+    loss, parts = PULoss(0.0, positive_weight=0.5)(z, t)
+    pos, neg = t == 1, t == 0
+    expect = 0.5 * torch.nn.functional.softplus(-z[pos]).mean() + \
+        0.5 * torch.nn.functional.softplus(z[neg]).mean()
+    assert torch.allclose(loss, expect, atol=1e-6)
+    assert torch.allclose(parts["total"], loss)
+
+
+def test_pu_loss_does_not_punish_confidence_on_hidden_particles():
+    """Unlabelled pixels that are really particles, scored high: PN punishes them as false
+    positives; PU with the right prior much less, and never below zero."""
+    from selfpick.model.losses import PULoss
+
+    t = torch.zeros(1, 1, 1, 100)
+    t[..., :10] = 1  # 10 labelled particle pixels
+    z = torch.full((1, 1, 1, 100), -4.0)
+    z[..., :30] = 4.0  # the 10 labelled and 20 hidden particle pixels all scored high
+    pn, _ = PULoss(0.0)(z, t)
+    pu, parts = PULoss(20 / 90)(z, t)
+    assert pu < 0.5 * pn
+    assert parts["dice"] >= 0  # the clamped negative risk
+    z.requires_grad_(True)
+    loss, _ = PULoss(20 / 90)(z, t)
+    loss.backward()
+    assert torch.isfinite(z.grad).all()
+
+
+def test_pu_loss_is_safe_without_positive_or_unlabelled_pixels():
+    from selfpick.model.losses import PULoss
+
+    z = torch.randn(1, 1, 4, 4, requires_grad=True)
+    for t in (torch.zeros(1, 1, 4, 4), torch.ones(1, 1, 4, 4), torch.full((1, 1, 4, 4), -1.0)):
+        loss, _ = PULoss(0.3)(z, t)
+        assert torch.isfinite(loss)
+        loss.backward()
+        assert torch.isfinite(z.grad).all()
+
+
+def test_unlabelled_prior_from_completeness():
+    from selfpick.model.losses import unlabelled_prior
+
+    # 100 labelled particle pixels are 10 % of all: 900 hidden among 9,000 unlabelled
+    assert unlabelled_prior(100, 9000, 0.1) == pytest.approx(0.1)
+    assert unlabelled_prior(100, 9000, 1.0) == 0.0
+    assert unlabelled_prior(100, 0, 0.1) == 0.0
+    assert unlabelled_prior(100, 100, 0.01) == 0.5  # capped

@@ -64,6 +64,55 @@ class DiceLoss(nn.Module):
         return 1 - (2 * inter + self.smooth) / (denom + self.smooth)
 
 
+class PULoss(nn.Module):
+    """Positive-unlabelled loss for partially labelled micrographs (non-negative PU risk,
+    Kiryo et al. 2017, on pixels).
+
+    Targets as everywhere: 1 = inside a labelled particle's disk (P), 0 = every other valid
+    pixel, which with partial picks is *unlabelled* (U) rather than background, -1 ignored.
+    ``unlabelled_prior`` is the share of real particle pixels among the U pixels (unpicked
+    particles); U then mixes positives and negatives, and the negatives' risk is recovered
+    as ``(E_U[l-] - prior * E_P[l-]) / (1 - prior)``, clamped at 0 (the non-negative
+    correction: a flexible network can otherwise drive it below zero by memorising P).
+    ``positive_weight`` balances the classes, like focal alpha: the loss is
+    ``w * E_P[l+] + (1 - w) * E_N[l-]``. Means over the pixels of the batch; 0 (never NaN)
+    when the batch has no P or no U pixel.
+    """
+
+    def __init__(self, unlabelled_prior: float, positive_weight: float = 0.5):
+        super().__init__()
+        if not 0.0 <= unlabelled_prior < 1.0:
+            raise ValueError("the unlabelled prior must be in [0, 1)")
+        self.prior = float(unlabelled_prior)
+        self.positive_weight = float(positive_weight)
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor):
+        z = logits.float()
+        pos = (targets == 1).to(z.dtype)
+        unl = (targets == 0).to(z.dtype)
+        n_pos, n_unl = pos.sum(), unl.sum()
+        l_plus, l_minus = F.softplus(-z), F.softplus(z)  # BCE for label 1 and label 0
+        p_plus = (l_plus * pos).sum() / (n_pos + _EPS)
+        p_minus = (l_minus * pos).sum() / (n_pos + _EPS)
+        u_minus = (l_minus * unl).sum() / (n_unl + _EPS)
+        has_pos = (n_pos > 0).to(z.dtype)
+        negative = (u_minus - self.prior * p_minus * has_pos) / (1.0 - self.prior)
+        negative = negative.clamp(min=0.0) * (n_unl > 0).to(z.dtype)
+        w = self.positive_weight
+        total = w * p_plus + (1 - w) * negative
+        return total, {"focal": (w * p_plus).detach(), "dice": ((1 - w) * negative).detach(),
+                       "total": total.detach()}
+
+
+def unlabelled_prior(n_positive: float, n_unlabelled: float, completeness: float) -> float:
+    """Share of particle pixels among the unlabelled ones when the ``n_positive`` labelled
+    particle pixels are a fraction ``completeness`` of all particle pixels."""
+    if n_unlabelled <= 0 or completeness >= 1.0:
+        return 0.0
+    hidden = n_positive * (1.0 / max(completeness, 1e-3) - 1.0)
+    return float(min(0.5, hidden / n_unlabelled))
+
+
 class CombinedLoss(nn.Module):
     """``focal_weight * Focal + dice_weight * Dice``; returns ``(loss, components)``.
 

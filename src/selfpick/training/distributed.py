@@ -105,13 +105,19 @@ def broadcast_flag(value: bool) -> bool:
     every rank must take the same branch, or the next collective call hangs. The flag travels
     on the GPU under NCCL, which cannot send CPU tensors.
     """
+    return bool(broadcast_number(int(bool(value))))
+
+
+def broadcast_number(value: float) -> float:
+    """Rank 0's number ``value`` on every rank (``value`` itself in a single process), e.g.
+    a setting derived from rank 0's validation."""
     if not is_distributed():
-        return bool(value)
+        return value
     device = (torch.device("cuda", torch.cuda.current_device())
               if tdist.get_backend() == "nccl" else torch.device("cpu"))
-    flag = torch.tensor([int(bool(value))], device=device)
-    tdist.broadcast(flag, src=0)
-    return bool(flag.item())
+    t = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    tdist.broadcast(t, src=0)
+    return float(t.item())
 
 
 def broadcast_state(model: torch.nn.Module) -> None:

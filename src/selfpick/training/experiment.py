@@ -219,6 +219,63 @@ def _pseudo_labels(k: int, cfg: Config, ts: TrainingSet, model: torch.nn.Module,
     return maps, stats
 
 
+def _positive_unlabelled(cfg: Config, train_model, model, val, pool, images, crop: int,
+                         length: int, device, stage_dir: Path, progress: bool, val_mics,
+                         val_split: str, ts: TrainingSet):
+    """The supervised stage's second half when the picks look partial.
+
+    Trained as usual, the network has learnt every unpicked particle on the training
+    micrographs as background. When validation estimates the label completeness ``c`` below
+    :data:`COMPLETE_LABELS`, training goes on for ``pu_epochs`` with
+    :class:`~selfpick.model.losses.PULoss`, whose unlabelled pixels hold particles at the
+    share ``c`` implies; the stage then keeps whichever model has the better validation F1
+    (rank 0 decides, every rank follows). Returns ``(validation, record for metrics.json or
+    None, history of the extra epochs)``.
+    """
+    from selfpick.model.losses import PULoss, unlabelled_prior
+    from selfpick.training.loop import StageHistory
+
+    c = val.completeness if val is not None else 1.0
+    go = dist.broadcast_flag(c < COMPLETE_LABELS)
+    if not go:
+        return val, None, StageHistory()
+    n_pos = sum(int(np.count_nonzero(m.gt_target == 1)) for m in pool)
+    n_unl = sum(int(np.count_nonzero(m.gt_target == 0)) for m in pool)
+    prior = dist.broadcast_number(unlabelled_prior(n_pos, n_unl, c))
+    if dist.is_main():
+        log.info("%s: picks look partial (estimated completeness %.2f): %d more epochs with a "
+                 "positive-unlabelled loss (%.1f%% of the unlabelled pixels taken to be "
+                 "unpicked particles)", SUPERVISED, c, cfg.loss.pu_epochs, 100 * prior)
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    dataset = CropDataset(images, [m.gt_target for m in pool], crop, length,
+                          seed=cfg.train.seed * 1000 + 999)
+    extra = train_stage(train_model, dataset, cfg.train, cfg.loss.pu_epochs, device,
+                        PULoss(prior), f"{SUPERVISED} (positive-unlabelled)",
+                        stage_dir / "checkpoint_pu.pt", progress,
+                        lr=stage_learning_rate(cfg.train, 1))
+    record = None
+    keep_pu = False
+    if dist.is_main():
+        pu_val = validate(model, val_mics, ts.particle_diameter, ts.radius_model, device,
+                          val_split, cfg.pick.min_distance, cfg.train.amp, progress,
+                          cfg.pick.edge_margin)
+        f_pn = selection_f1({"validation": val.metrics})
+        f_pu = selection_f1({"validation": pu_val.metrics})
+        keep_pu = f_pu >= f_pn
+        record = {"unlabelled_prior": prior, "completeness_before": c, "epochs":
+                  cfg.loss.pu_epochs, "validation_f1_before": f_pn, "validation_f1_after": f_pu,
+                  "kept": "positive-unlabelled" if keep_pu else "supervised (before)"}
+        log.info("%s: validation F1 %.3f before, %.3f after the positive-unlabelled epochs: "
+                 "keeping the model %s", SUPERVISED, f_pn, f_pu,
+                 "after" if keep_pu else "before")
+        if keep_pu:
+            val = pu_val
+    if not dist.broadcast_flag(keep_pu):
+        model.load_state_dict(before)
+    (stage_dir / "checkpoint_pu.pt").unlink(missing_ok=True)
+    return val, record, extra
+
+
 def _count_new(confident: np.ndarray, truth: np.ndarray, radius: float) -> int:
     """Confident detections farther than a particle radius from every labelled centre."""
     if len(confident) == 0:
@@ -408,10 +465,18 @@ def _run_stages(cfg: Config, ts: TrainingSet, out: Path, device: torch.device,
         history = train_stage(train_model, dataset, cfg.train, epochs, device, loss_fn, name,
                               stage_dir / "checkpoint.pt", progress,
                               lr=stage_learning_rate(cfg.train, k))
+        val = None
         if is_main:
             val = validate(model, val_mics, ts.particle_diameter, ts.radius_model, device,
                            val_split, cfg.pick.min_distance, cfg.train.amp, progress,
                            cfg.pick.edge_margin)
+        pu = None
+        if k == 0 and cfg.loss.pu_epochs > 0:
+            val, pu, extra = _positive_unlabelled(cfg, train_model, model, val, pool, images,
+                                                  crop, length, device, stage_dir, progress,
+                                                  val_mics, val_split, ts)
+            history.epochs += extra.epochs
+        if is_main:
             entry = {
                 "stage": name,
                 "iteration": k,
@@ -423,6 +488,7 @@ def _run_stages(cfg: Config, ts: TrainingSet, out: Path, device: torch.device,
                              "final_loss": history.epochs[-1]["loss"] if history.epochs else None,
                              "seconds": round(history.seconds, 2)},
                 "pseudo_labels": pl_stats.as_dict() if pl_stats else None,
+                "positive_unlabelled": pu,
                 "seconds": round(time.perf_counter() - t_stage, 2),
             }
             save_model(stage_dir / "model.pt", model, cfg, ts.particle_diameter, ts.downsample,
