@@ -228,3 +228,36 @@ def test_bad_options_are_refused_before_any_work(model_path, tiny_data, tmp_path
     err = capsys.readouterr().err
     assert code == 2 and "--single-file" in err
     assert _nothing_written(out)
+
+
+@pytest.mark.parametrize("value", ["1.5", "-0.2", "nan", "inf"])
+def test_a_threshold_outside_0_1_is_refused(value, model_path, tiny_data, tmp_path, capsys):
+    # Scores are probabilities: --threshold 1.5 used to run and write empty pick files.
+    out = tmp_path / "picks"
+    with pytest.raises(SystemExit) as exc:
+        _pick(model_path, tiny_data.micrographs[0], out, "--threshold", value)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert len(lines) == 1 and "--threshold" in lines[0] and value in lines[0], err
+    assert "between 0 and 1" in lines[0] and "Traceback" not in err
+    assert _nothing_written(out)
+
+
+@pytest.mark.parametrize("value", [1.5, -0.2, float("nan")])
+def test_the_library_refuses_a_threshold_outside_0_1(value, model_path, tiny_data, tmp_path):
+    from selfpick.errors import SelfpickError
+    from selfpick.picking.pick import PickOptions, pick
+
+    out = tmp_path / "picks"
+    with pytest.raises(SelfpickError, match="--threshold"):
+        pick(model_path, tiny_data.micrographs[0], out, PickOptions(threshold=value),
+             progress=False)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("value", ["0", "1", "0.35"])
+def test_thresholds_from_0_to_1_are_taken(value):
+    from selfpick.commands.pick import score_threshold
+
+    assert score_threshold(value) == float(value)

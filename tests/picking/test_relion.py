@@ -206,6 +206,8 @@ FAILURES = {
     "no input micrographs": (lambda root, model: ["--model", str(model)], "Input micrographs"),
     "bad threshold": (lambda root, model: ["--in_mics", CTF_STAR, "--model", str(model),
                                            "--threshold", "high"], "--threshold"),
+    "threshold above 1": (lambda root, model: ["--in_mics", CTF_STAR, "--model", str(model),
+                                               "--threshold", "1.5"], "--threshold 1.5"),
 }
 
 

@@ -29,6 +29,18 @@ import argparse
 from selfpick.io.coords import FORMATS
 
 
+def score_threshold(text: str) -> float:
+    """argparse type of a score threshold: a number from 0 to 1 (scores are probabilities)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text!r}: scores lie between 0 and 1; give a "
+                                         "threshold from 0 (keep every candidate) to 1")
+    return value
+
+
 def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", "-m", required=True, help="model file (best_model.pt)")
     parser.add_argument("--images", "-i", required=True, nargs="+", metavar="PATH",
@@ -37,9 +49,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         help="output folder (created if needed)")
     parser.add_argument("--format", "-f", default="star", choices=FORMATS,
                         help="coordinate format (default: star, RELION's autopick layout)")
-    parser.add_argument("--threshold", "-t", type=float, default=None,
-                        help="score threshold (default: the model's, chosen on validation); "
-                        "0 keeps every candidate")
+    parser.add_argument("--threshold", "-t", type=score_threshold, default=None, metavar="T",
+                        help="score threshold from 0 to 1 (default: the model's, chosen on "
+                        "validation); 0 keeps every candidate")
     parser.add_argument("--per-micrograph", action="store_true", default=None,
                         help="one file per micrograph also for csv/topaz/json")
     parser.add_argument("--single-file", action="store_true",

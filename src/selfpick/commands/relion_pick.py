@@ -52,7 +52,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", metavar="FILE", **opt,
                         help="selfpick model file (best_model.pt); required")
     parser.add_argument("--threshold", metavar="T", **opt,
-                        help="score threshold (default: the model's); 0 keeps every candidate")
+                        help="score threshold from 0 to 1 (default: the model's); 0 keeps every "
+                        "candidate")
     parser.add_argument("--device", metavar="DEV", **opt,
                         help="auto (default), cpu, cuda or cuda:N")
     parser.add_argument("--gpu", metavar="IDS", **opt,

@@ -111,6 +111,24 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return int(m.group(1)), int(m.group(2))
 
 
+def check_threshold(value, flag: str = "--threshold") -> float | None:
+    """A score threshold as a float in [0, 1], or None ("the model's own").
+
+    Scores are probabilities: a threshold above 1 would keep nothing and one below 0 the
+    same as 0, so both are refused (with NaN) before anything is read or written.
+    """
+    if value is None:
+        return None
+    try:
+        t = float(value)
+    except (TypeError, ValueError):
+        raise SelfpickError(f"{flag} {value!r}: expected a number from 0 to 1") from None
+    if not 0.0 <= t <= 1.0:  # also refuses NaN
+        raise SelfpickError(f"{flag} {value}: scores lie between 0 and 1; give a threshold "
+                            "from 0 (keep every candidate) to 1")
+    return t
+
+
 def shard_from_environment() -> tuple[int, int] | None:
     """The share of a ``torchrun`` rank, if this process is one."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -349,6 +367,7 @@ def pick(model_path: str | os.PathLike, images, output: str | os.PathLike,
     tune_allocator()
     if opts.batch_size < 1:
         raise SelfpickError(f"--batch-size {opts.batch_size}: give 1 or more micrographs")
+    check_threshold(opts.threshold)
     for flag, value in (("--edge-margin", opts.edge_margin), ("--min-distance", opts.min_distance)):
         if value is not None and not (value >= 0 and np.isfinite(value)):
             raise SelfpickError(f"{flag} {value}: give 0 or a positive number")
@@ -498,5 +517,5 @@ def pick(model_path: str | os.PathLike, images, output: str | os.PathLike,
     return summary
 
 
-__all__ = ["PickOptions", "PickSummary", "pick", "pick_image", "pick_micrograph", "parse_shard",
-           "picks_from_probability", "select_shard"]
+__all__ = ["PickOptions", "PickSummary", "check_threshold", "pick", "pick_image",
+           "pick_micrograph", "parse_shard", "picks_from_probability", "select_shard"]

@@ -282,8 +282,9 @@ def relion_pick(job_dir: str | os.PathLike, in_mics: str | os.PathLike,
     re-run of the job picks only the micrographs whose coordinate file is missing, as
     RELION's own auto-picking does when a job is continued.
     """
-    from selfpick.picking.pick import PickOptions, _per_micrograph_target, pick
+    from selfpick.picking.pick import PickOptions, _per_micrograph_target, check_threshold, pick
 
+    threshold = check_threshold(threshold)
     project = Path(project_dir) if project_dir is not None else Path.cwd()
     job = Path(job_dir)
     job_abs = job if job.is_absolute() else project / job
