@@ -31,7 +31,7 @@ DOCS = sorted((REPO / "docs").glob("*.md"))
 
 # Docs that are linked from the README while someone else writes them; a missing one is
 # tolerated until it lands. Remove its entry once the file is in the repository.
-PENDING_DOCS = {"docs/relion.md", "docs/browser.md"}
+PENDING_DOCS: set[str] = set()
 
 # What the README's quick-start placeholders are in the test folder: 6 micrographs made with
 # `selfpick simulate` (768 x 768 px, particles of 180 px, the README's --particle-diameter)

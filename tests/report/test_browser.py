@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from browser_helpers import expected_count, page_data
+from browser_helpers import (expected_count, large_browser, page_data,  # noqa: F401
+                             synthetic_run)  # fixtures
 from selfpick import cli
 from selfpick.evaluation.evaluate import evaluate_picks
 from selfpick.io import coords as coordio

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from browser_helpers import expected_count, page_data
+from browser_helpers import (expected_count, large_browser, page_data,  # noqa: F401
+                             synthetic_run)  # fixtures
 from selfpick.report.browser import STEPS, write_browser
 from selfpick.report.figures import FP_COLOUR, MISSED_COLOUR, TP_COLOUR
 
