@@ -375,8 +375,8 @@ def test_relion_runs_relion_pick_as_an_external_job_and_extracts_its_picks(
     assert sum(n_picks.values()) > 0
 
     # RELION 3.1's Extract job takes coordinates as a coords_suffix_<suffix>.star file naming
-    # the micrographs STAR (what its AutoPick job writes); one line gives it the job's files.
-    (project / JOB / "coords_suffix_autopick.star").write_text(CTF_STAR + "\n")
+    # the micrographs STAR (what its AutoPick job writes); relion-pick writes one.
+    assert (project / JOB / "coords_suffix_autopick.star").read_text().strip() == CTF_STAR
     note = _add_and_run(project, "Extract", {
         "micrograph STAR file: ": CTF_STAR,
         "Input coordinates: ": f"{JOB}coords_suffix_autopick.star",

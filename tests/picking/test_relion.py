@@ -98,6 +98,8 @@ def test_external_job_writes_relion_outputs(project, model_path, reference, capl
         "rlnPipeLineNodeName": f"{JOB}/autopick.star",
         "rlnPipeLineNodeTypeLabel": "MicrographCoordsGroup.star.relion.autopick",
     }]
+    # RELION 3.1's way to point Extract at the coordinates: the input STAR's name.
+    assert (job / relion.COORDS_SUFFIX).read_text() == CTF_STAR + "\n"
 
     # The index: micrograph names exactly as in the input STAR, coordinate files relative
     # to the project, under the job folder in the micrograph's sub-folder (Movies/).

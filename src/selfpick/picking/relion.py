@@ -19,7 +19,9 @@ contract with the ordinary :func:`selfpick.picking.pick.pick` machinery:
   ``rlnMicrographName`` exactly as in the input STAR and ``rlnMicrographCoordinates`` relative
   to the project folder, which is what Extract and Manual picking read;
 - ``<JobDir>/RELION_OUTPUT_NODES.star`` announcing ``autopick.star`` as a node of type
-  ``MicrographCoordsGroup.star.relion.autopick``.
+  ``MicrographCoordsGroup.star.relion.autopick``;
+- ``<JobDir>/coords_suffix_autopick.star``: the input STAR's name, which is how RELION 3.1's
+  Extract job is told where coordinates are (3.1 reads neither the index nor the node type).
 
 :func:`external_job` writes the exit markers around any block of work.
 """
@@ -51,6 +53,7 @@ ABORTED = "RELION_JOB_EXIT_ABORTED"
 ABORT_NOW = "RELION_JOB_ABORT_NOW"
 OUTPUT_NODES = "RELION_OUTPUT_NODES.star"
 INDEX = "autopick.star"
+COORDS_SUFFIX = "coords_suffix_autopick.star"  # RELION 3.1's way to name the coordinates
 SUFFIX = "_autopick"
 # RELION 4/5 node type of a picking index (src/pipeline_jobs.h).
 NODE_LABEL = "MicrographCoordsGroup.star.relion.autopick"
@@ -341,6 +344,11 @@ def relion_pick(job_dir: str | os.PathLike, in_mics: str | os.PathLike,
     if not rows:
         raise InputError("no micrograph could be picked", star)
     relion_star.write_index(rows, job_abs / INDEX)
+    # RELION 3.1 does not read the index: its Extract job takes "Input coordinates" as a
+    # coords_suffix_<suffix>.star file holding the micrographs STAR's name (as its AutoPick
+    # writes), and composes --coord_dir/--coord_suffix from it.
+    with atomic_path(job_abs / COORDS_SUFFIX) as tmp:
+        tmp.write_text(_project_relative(star, project) + "\n", encoding="utf-8")
     write_output_nodes(job_abs, [(f"{job_rel}/{INDEX}", NODE_LABEL)])
     result.rows = rows
     return result
