@@ -285,11 +285,28 @@ def test_pu_loss_does_not_punish_confidence_on_hidden_particles():
     pn, _ = PULoss(0.0)(z, t)
     pu, parts = PULoss(20 / 90)(z, t)
     assert pu < 0.5 * pn
-    assert parts["dice"] >= 0  # the clamped negative risk
     z.requires_grad_(True)
     loss, _ = PULoss(20 / 90)(z, t)
     loss.backward()
     assert torch.isfinite(z.grad).all()
+
+
+def test_pu_loss_pulls_hidden_particles_up_when_the_negative_risk_goes_below_zero():
+    """Labelled particles scored high, hidden ones (inside U) low, as after training with
+    unpicked particles as background: the estimated background risk is negative, and the
+    step raises the unlabelled scores and lowers the labelled ones."""
+    from selfpick.model.losses import PULoss
+
+    t = torch.zeros(1, 1, 1, 100)
+    t[..., :10] = 1
+    z = torch.full((1, 1, 1, 100), -6.0)
+    z[..., :10] = 6.0
+    z.requires_grad_(True)
+    loss, parts = PULoss(20 / 90)(z, t)
+    assert parts["dice"] < 0 and loss > 0
+    loss.backward()
+    assert (z.grad[..., :10] > 0).all()  # descent lowers the labelled scores
+    assert (z.grad[..., 10:] < 0).all()  # and raises the unlabelled ones
 
 
 def test_pu_loss_is_safe_without_positive_or_unlabelled_pixels():

@@ -16,6 +16,22 @@ Examples:
   # every flag can also come from a JSON/YAML file with the same names
   selfpick train --config settings.yaml --output-dir exp2
 
+With a few picks (say 100-300 particles on 1-5 micrographs; give every other micrograph too,
+without coordinates, or with --unlabeled-dir: they are used through pseudo-labels):
+  - validation: with 3 or more labelled micrographs, whole ones are held out (--val-fraction);
+    with 1 or 2, a strip of a quarter of each micrograph's rows is held out instead, never
+    trained on or pseudo-labelled (config.json: split.val_regions);
+  - the share of particles you picked (label completeness) is estimated on validation from
+    the picks the model is surest of; below 0.8 the threshold is chosen on precision
+    corrected for it, the supervised stage goes on for --pu-epochs with a positive-unlabelled
+    loss (unpicked particles are not background) and self-training runs;
+  - each self-training iteration turns confident peaks on every training and unlabelled
+    micrograph into pseudo-particles and retrains; best_model.pt is the stage that
+    validates best.
+  training.log and metrics.json say for each stage the estimated completeness, the range of
+  thresholds the validation labels cannot tell apart, whether the positive-unlabelled model
+  was kept, and how many pseudo-particles were added; selfpick report shows it.
+
 The experiment folder gets config.json, training.log, metrics.json, one folder per stage
 (model.pt, metrics.json, visualization.png), best_model.pt and final_model.pt. Pick with
   selfpick pick --model exp1/best_model.pt --images 'more/*.mrc' --output picks/
