@@ -11,7 +11,7 @@ folder laid out like a user's project (:data:`LAYOUT`). Nothing in a command is 
 the only change is :data:`SMALL_TRAINING`, appended to ``selfpick train`` so that training
 takes seconds (argparse lets the last occurrence of a flag win). A wrong flag, a wrong path or
 a wrong order of steps makes a command exit non-zero and the test fail; an emptied or renamed
-quick start fails :func:`test_quick_start_has_the_four_steps`.
+quick start fails :func:`test_quick_start_has_the_five_steps`.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ SMALL_TRAINING = ["--depth", "2", "--width", "8", "--crop-size", "64", "--crops-
                   "--batch-size", "4", "--initial-epochs", "1", "--retrain-epochs", "1",
                   "--self-training-iterations", "1"]
 
-QUICK_START_STEPS = ("train", "report", "evaluate", "pick")
+QUICK_START_STEPS = ("train", "report", "evaluate", "pick", "view")
 
 
 # --------------------------------------------------------------------------------------------
@@ -171,7 +171,7 @@ def test_install_block_comes_first_with_make_demo_and_make_test():
         "the README's first commands must stay `make demo` and `make test` (CI runs make test)")
 
 
-def test_quick_start_has_the_four_steps():
+def test_quick_start_has_the_five_steps():
     commands = quick_start_commands(README.read_text(encoding="utf-8"))
     assert len(commands) >= len(QUICK_START_STEPS), (
         f"found {len(commands)} command(s) under the README's 'Quick start' heading "

@@ -327,16 +327,29 @@ def test_pixel_mode_self_training_runs(tiny_data, tmp_path):
         assert np.count_nonzero(m == 1) > 0  # ground-truth disks at least
 
 
-def test_a_single_labelled_micrograph_validates_on_it_and_says_so(tmp_path):
+def test_a_single_labelled_micrograph_validates_on_a_held_out_strip(tmp_path):
     sim = tiny_simulation(tmp_path / "one", n=1, seed=4)
     out = tmp_path / "exp"
     cfg = tiny_config(sim.output_dir, out, initial_epochs=1)
     run_training(cfg, progress=False)
     split = _read(out / "config.json")["split"]
-    assert split["val"] == [] and split["train"] == list(sim.labels)
+    assert split["val"] == split["train"] == list(sim.labels)
+    assert list(split["val_regions"]) == list(sim.labels)
+    for entry in _read(out / "metrics.json")["stages"]:
+        assert entry["validation"]["split"] == "val"
+    assert "held-out strip" in (out / "training.log").read_text()
+
+
+def test_without_validation_it_validates_on_the_training_micrographs_and_says_so(tmp_path):
+    sim = tiny_simulation(tmp_path / "one", n=2, seed=4)
+    out = tmp_path / "exp"
+    cfg = tiny_config(sim.output_dir, out, initial_epochs=1, val_fraction=0.0)
+    run_training(cfg, progress=False)
+    split = _read(out / "config.json")["split"]
+    assert split["val"] == [] and sorted(split["train"]) == sorted(sim.labels)
     for entry in _read(out / "metrics.json")["stages"]:
         assert entry["validation"]["split"] == "train"  # honest about what it measured
-    assert "validating on the training micrograph" in (out / "training.log").read_text()
+    assert "validating on the training micrographs" in (out / "training.log").read_text()
 
 
 def _stage(name: str, f1: float, n_true: int = 100) -> dict:

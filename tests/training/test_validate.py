@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from selfpick.training.validate import _between
 
@@ -66,12 +67,14 @@ def test_threshold_uncertainty_is_the_run_of_thresholds_within_one_standard_erro
     thresholds = np.linspace(0.9, 0.1, 9)
     f1 = np.array([0.2, 0.5, 0.78, 0.8, 0.79, 0.6, 0.77, 0.79, 0.3])
     u = threshold_uncertainty(f1, thresholds, 3, n_true=100)
-    assert u["f1_standard_error"] == 0.04
+    assert u["f1_standard_error"] == pytest.approx(0.04, abs=0.001)
     # 0.78, 0.8, 0.79 are within 0.04 of 0.8; 0.6 breaks the run, so 0.77/0.79 beyond it
     # do not count
     assert u["range"] == [thresholds[4], thresholds[2]]
     # more labels, a narrower range
     assert threshold_uncertainty(f1, thresholds, 3, n_true=10_000)["range"] == \
         [thresholds[3], thresholds[3]]
+    # a perfect F1 on 25 particles still has an uncertainty
+    assert threshold_uncertainty(np.ones(3), thresholds[:3], 0, 25)["f1_standard_error"] > 0.02
     c = threshold_curve(f1, f1, f1, thresholds, 3, points=3)
     assert thresholds[3] in c["threshold"] and len(c["threshold"]) == len(c["f1"]) == 4
