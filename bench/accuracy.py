@@ -287,6 +287,23 @@ def panel_dataset(work: Path, preset: str) -> RealDataset:
                        root, ext, diameter, PANEL_TRAIN)
 
 
+def datasets(keys: list[str], work_root: Path):
+    """``(key, work folder, RealDataset)`` for each of ``keys`` (a real data set, ``sim-NAME``
+    or ``panel`` = every preset), simulating the simulated ones; real ones that are absent
+    are skipped with a message."""
+    expanded = []
+    for key in keys:
+        expanded += [f"sim-{p}" for p in PANEL] if key == "panel" else [key]
+    for key in expanded:
+        work = work_root / key
+        work.mkdir(parents=True, exist_ok=True)
+        ds = panel_dataset(work, key[4:]) if key.startswith("sim-") else DATASETS[key]
+        if not ds.available():
+            print(f"skipped {key}: the real data set is not at {ds.folder}")
+            continue
+        yield key, work, ds
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     choices = [*DATASETS, *(f"sim-{p}" for p in PANEL), "panel"]
@@ -303,16 +320,7 @@ def main() -> int:
     train_args = shlex.split(args.train_args)
     out = Path(args.output)
     results = load_results(out)
-    keys = []
-    for key in args.datasets:
-        keys += [f"sim-{p}" for p in PANEL] if key == "panel" else [key]
-    for key in keys:
-        work = work_root / key
-        work.mkdir(parents=True, exist_ok=True)
-        ds = panel_dataset(work, key[4:]) if key.startswith("sim-") else DATASETS[key]
-        if not ds.available():
-            print(f"skipped {key}: the real data set is not at {ds.folder}")
-            continue
+    for key, work, ds in datasets(args.datasets, work_root):
         t0 = time.perf_counter()
         runs = []
         for regime in args.regimes:

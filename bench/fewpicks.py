@@ -9,7 +9,7 @@ unlabelled pool), and the held-out test micrographs are scored against their COM
 curated labels:
 
 - ``B1`` "a few micrographs": 3 training micrographs with 65 random picks each (EMPIAR-10028
-  and simulated: 25 each);
+  and simulated, whose micrographs hold fewer particles: 25 each);
 - ``B2`` "one micrograph": 1 training micrograph with 50 random picks (10028, simulated: 25);
 - ``B3`` "sparse everywhere": 10 % of the particles of every training micrograph;
 - ``all``: every particle of every training micrograph (the ceiling of these labels).
@@ -18,9 +18,9 @@ For each: iteration 0, the stage the experiment chose (``best_model.pt``) and th
 precision, recall and F1 at the stage's own threshold, best F1 over thresholds, AP over all
 candidates (picked with ``--threshold 0``), training time; mean ± sd over seeds.
 
-Data sets: the real ones of ``bench/realdata.py`` (skipped when absent) and ``sim`` --
-``selfpick simulate`` data with exact truth (10 training, 4 test micrographs of 1024², 40 px
-particles).
+Data sets: the real ones of ``bench/realdata.py`` (skipped when absent) and the simulated
+panel of ``bench/accuracy.py`` (``sim-globular`` by default: ``selfpick simulate`` data with
+exact truth, 8 training and 4 test micrographs of 1024², 40 px particles).
 
 Usage:
   python bench/fewpicks.py                                   # everything (hours on 2 cores)
@@ -52,30 +52,9 @@ RESULTS = accuracy.RESULTS
 BUDGETS = ("B1", "B2", "B3", "all")
 # (micrographs with picks, picks per micrograph) per budget and data set; B3 and all are
 # fractions of every micrograph's particles.
-PICKS = {"10017": {"B1": (3, 65), "B2": (1, 50)},
-         "10028": {"B1": (3, 25), "B2": (1, 25)},
-         "sim": {"B1": (3, 25), "B2": (1, 25)}}
+PICKS = {"10017": {"B1": (3, 65), "B2": (1, 50)}}
+SMALL = {"B1": (3, 25), "B2": (1, 25)}  # 10028 and the simulated data sets
 FRACTION = {"B3": 0.1, "all": 1.0}
-SIM = {"n_train": 10, "n_test": 4, "size": 1024, "diameter": 40}
-
-
-def simulated_dataset(work: Path) -> RealDataset:
-    """A simulated data set laid out like the real ones (micrographs/, coordinates/*.csv)."""
-    root = work / "sim_data"
-    data = root / "simulated"
-    if not (data / "simulation.json").exists():
-        accuracy.run(accuracy.selfpick() + [
-            "simulate", "--output", str(data), "--n-micrographs",
-            str(SIM["n_train"] + SIM["n_test"]), "--size", str(SIM["size"]),
-            "--diameter", str(SIM["diameter"]), "--seed", "2026", "--overwrite", "-q"],
-            work / "log_simulate.txt")
-    for link, target in (("micrographs", data / "micrographs"), ("coordinates",
-                                                                   data / "truth" / "csv")):
-        if not (root / link).exists():
-            (root / link).symlink_to(target)
-    return RealDataset("sim", f"simulated ({SIM['size']}², {SIM['diameter']} px particles, "
-                       f"{SIM['n_train']} train / {SIM['n_test']} test, exact truth)",
-                       root, ".mrc", SIM["diameter"], SIM["n_train"])
 
 
 def write_budget(folder: Path, ds: RealDataset, budget: str, seed: int) -> dict:
@@ -86,7 +65,7 @@ def write_budget(folder: Path, ds: RealDataset, budget: str, seed: int) -> dict:
     if budget in FRACTION:
         chosen, per = list(train), None
     else:
-        n_mics, per = PICKS[ds.key][budget]
+        n_mics, per = PICKS.get(ds.key, SMALL)[budget]
         chosen = sorted(rng.choice(train, size=n_mics, replace=False).tolist())
     n_picks = 0
     for name in chosen:
@@ -163,8 +142,10 @@ def markdown(table: dict) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--datasets", nargs="+", default=[*DATASETS, "sim"],
-                    choices=[*DATASETS, "sim"])
+    ap.add_argument("--datasets", nargs="+", default=[*DATASETS, "sim-globular"],
+                    choices=[*DATASETS, *(f"sim-{p}" for p in accuracy.PANEL), "panel"],
+                    help="real data sets, simulated panel presets (sim-NAME, exact truth) or "
+                         "'panel' (default: both real sets and sim-globular)")
     ap.add_argument("--budgets", nargs="+", default=list(BUDGETS), choices=BUDGETS)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--train-args", default="", help="extra selfpick train flags (tuning only)")
@@ -176,13 +157,7 @@ def main() -> int:
     out = Path(args.output)
     results = json.loads(out.read_text()) if out.is_file() else {"benchmark": "fewpicks",
                                                                  "datasets": {}}
-    for key in args.datasets:
-        work = root / key
-        work.mkdir(parents=True, exist_ok=True)
-        ds = simulated_dataset(work) if key == "sim" else DATASETS[key]
-        if not ds.available():
-            print(f"skipped {key}: the real data set is not at {ds.folder}")
-            continue
+    for key, work, ds in accuracy.datasets(args.datasets, root):
         t0 = time.perf_counter()
         runs = []
         for budget in args.budgets:
