@@ -36,12 +36,8 @@ def test_few_picks_on_one_micrograph_train_validate_on_a_strip_and_report(tiny_d
     assert stage0["validation"]["particle"]["n_true"] == in_strip
     log = (out / "training.log").read_text()
     assert "held-out strip" in log
-    # 12 of ~30 particles: the supervised stage goes on with the positive-unlabelled loss
-    # when validation sees the picks as partial, and says which model it kept
-    pu = stage0["positive_unlabelled"]
-    assert (pu is not None) == (stage0["label_completeness"] < 0.8)
-    if pu is not None:
-        assert 0 < pu["unlabelled_prior"] < 0.5 and pu["kept"] in log
+    assert stage0["positive_unlabelled"] is None  # off unless --pu-epochs is given
+    assert "threshold_uncertainty" in stage0["validation"]["particle"]
 
     # nothing in the strip ever becomes a (pseudo-)label
     assert len(result.stages) == 2
@@ -68,6 +64,7 @@ def test_partial_picks_continue_the_supervised_stage_with_the_pu_loss(tiny_data,
     result = run_training(cfg, progress=False)
     pu = result.stages[0]["positive_unlabelled"]
     assert pu["epochs"] == 2 and pu["kept"] in ("positive-unlabelled", "supervised (before)")
+    assert 0 < pu["unlabelled_prior"] <= 0.5
     assert pu["validation_f1_after"] >= 0 and pu["validation_f1_before"] >= 0
     assert len(result.stages[0]["training"]) and not (out / SUPERVISED / "checkpoint_pu.pt").exists()
     assert "positive-unlabelled loss" in (out / "training.log").read_text()

@@ -72,12 +72,11 @@ class PULoss(nn.Module):
     pixel, which with partial picks is *unlabelled* (U) rather than background, -1 ignored.
     ``unlabelled_prior`` is the share of real particle pixels among the U pixels (unpicked
     particles); U then mixes positives and negatives, and the negatives' risk is recovered
-    as ``(E_U[l-] - prior * E_P[l-]) / (1 - prior)``. That estimate is a risk and cannot be
-    negative; a network that scores its labelled particles far above the unpicked ones (as
-    one trained with unpicked particles as background does) makes it so, and then, as in the
-    non-negative PU of Kiryo et al., its size is minimised instead (``|R_N|``): the step
-    lifts the unlabelled scores and lowers the labelled ones until the two kinds of particle
-    look alike again.
+    as ``(E_U[l-] - prior * E_P[l-]) / (1 - prior)``, clamped at 0 (the non-negative
+    correction: a network that scores its labelled particles far above the unpicked ones
+    drives the estimate below zero; Kiryo et al. then take a gradient step on ``-R_N``
+    alone, which on pixels lowered every labelled score until nothing passed the candidate
+    floor on EMPIAR-10017: ``bench/NOTES.md``).
     ``positive_weight`` balances the classes, like focal alpha: the loss is
     ``w * E_P[l+] + (1 - w) * E_N[l-]``. Means over the pixels of the batch; 0 (never NaN)
     when the batch has no P or no U pixel.
@@ -103,10 +102,7 @@ class PULoss(nn.Module):
         negative = (u_minus - self.prior * p_minus * has_pos) / (1.0 - self.prior)
         negative = negative * (n_unl > 0).to(z.dtype)
         w = self.positive_weight
-        if negative.detach() < 0:
-            total = (1 - w) * negative.abs()  # the non-negative correction step
-        else:
-            total = w * p_plus + (1 - w) * negative
+        total = w * p_plus + (1 - w) * negative.clamp(min=0.0)
         return total, {"focal": (w * p_plus).detach(), "dice": ((1 - w) * negative).detach(),
                        "total": total.detach()}
 
