@@ -46,8 +46,8 @@ from selfpick.training.loop import stage_learning_rate, train_stage
 from selfpick.training.pseudolabels import (PseudoLabelStats, label_shares, peak_pseudo_labels,
                                             pixel_pseudo_labels, score_for_precision,
                                             threshold_schedule)
-from selfpick.training.validate import (COMPLETE_LABELS, ValidationResult, predict_micrographs,
-                                        validate)
+from selfpick.training.validate import (COMPLETE_LABELS, PSEUDO_LABEL_FLOOR, ValidationResult,
+                                        predict_micrographs, validate)
 from selfpick.utils.atomic import atomic_path, atomic_write_json, ensure_writable_dir
 from selfpick.utils.runtime import resolve_device, seed_everything, tune_allocator, versions
 
@@ -182,6 +182,7 @@ def _pseudo_labels(k: int, cfg: Config, ts: TrainingSet, model: torch.nn.Module,
     pos, neg = threshold_schedule(k, st)
     pool = ts.subset("train") + ts.subset("unlabeled")
     preds = predict_micrographs(model, pool, ts.radius_model, device, cfg.pick.min_distance,
+                                floor=PSEUDO_LABEL_FLOOR,
                                 amp=cfg.train.amp, desc=f"Pseudo-labelling (iteration {k})",
                                 progress=progress, edge_margin=cfg.pick.edge_margin)
     pos_score = None
