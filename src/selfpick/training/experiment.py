@@ -181,10 +181,6 @@ def _pseudo_labels(k: int, cfg: Config, ts: TrainingSet, model: torch.nn.Module,
     st = cfg.selftrain
     pos, neg = threshold_schedule(k, st)
     pool = ts.subset("train") + ts.subset("unlabeled")
-    preds = predict_micrographs(model, pool, ts.radius_model, device, cfg.pick.min_distance,
-                                floor=PSEUDO_LABEL_FLOOR,
-                                amp=cfg.train.amp, desc=f"Pseudo-labelling (iteration {k})",
-                                progress=progress, edge_margin=cfg.pick.edge_margin)
     pos_score = None
     if st.pseudo_label_mode == "peaks":
         if st.calibrate_thresholds:
@@ -195,6 +191,17 @@ def _pseudo_labels(k: int, cfg: Config, ts: TrainingSet, model: torch.nn.Module,
                 pos_score = float("inf")
         else:
             pos_score = pos
+    # Peaks are listed down to a quarter of the pseudo-particle score (an under-confident
+    # model's particles can all score below the usual floor): every peak above that score
+    # becomes a pseudo-particle, the band below it "maybe" (ignored disks), the rest
+    # background where the map is low.
+    floor = PSEUDO_LABEL_FLOOR
+    if pos_score is not None and np.isfinite(pos_score):
+        floor = min(floor, pos_score / 4)
+    preds = predict_micrographs(model, pool, ts.radius_model, device, cfg.pick.min_distance,
+                                floor=floor,
+                                amp=cfg.train.amp, desc=f"Pseudo-labelling (iteration {k})",
+                                progress=progress, edge_margin=cfg.pick.edge_margin)
     maps, n_new = [], 0
     r = ts.radius_model
     for m, p in zip(pool, preds):
