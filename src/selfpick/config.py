@@ -112,12 +112,12 @@ class LossConfig:
                                    "(class imbalance); unset = 1", bounds=(0, None), above=True)
     focal_weight: float = opt(0.7, "weight of the focal term in the combined loss", bounds=(0, None))
     dice_weight: float = opt(0.3, "weight of the Dice term in the combined loss", bounds=(0, None))
-    pu_epochs: int = opt(0, "when validation says the picks are partial (label completeness "
-                         "below 0.8), the supervised stage goes on for this many epochs with a "
-                         "positive-unlabelled loss that does not count unpicked particles as "
-                         "background (class prior from the estimated completeness) and keeps "
-                         "whichever model validates better; 0 = off (experimental: not yet "
-                         "shown to help, see bench/NOTES.md)", bounds=(0, None))
+    pu_epochs: int = opt(20, "when validation says the picks are clearly partial (fewer "
+                         "than half the particles picked), the supervised stage goes on for "
+                         "this many epochs with a positive-unlabelled loss that does not count "
+                         "unpicked particles as background (class prior from the estimated "
+                         "completeness) and keeps whichever model validates better; 0 = off",
+                         bounds=(0, None))
 
 
 @dataclass

@@ -36,7 +36,12 @@ def test_few_picks_on_one_micrograph_train_validate_on_a_strip_and_report(tiny_d
     assert stage0["validation"]["particle"]["n_true"] == in_strip
     log = (out / "training.log").read_text()
     assert "held-out strip" in log
-    assert stage0["positive_unlabelled"] is None  # off unless --pu-epochs is given
+    # 12 of ~30 particles: the supervised stage goes on with the positive-unlabelled loss
+    # when validation sees the picks as clearly partial, and says which model it kept
+    pu = stage0["positive_unlabelled"]
+    assert (pu is not None) == (stage0["label_completeness"] < 0.5)
+    if pu is not None:
+        assert pu["kept"] in log
     assert "threshold_uncertainty" in stage0["validation"]["particle"]
 
     # nothing in the strip ever becomes a (pseudo-)label
@@ -58,7 +63,7 @@ def test_partial_picks_continue_the_supervised_stage_with_the_pu_loss(tiny_data,
     from selfpick.training import experiment
 
     # Whatever this tiny model's completeness estimate, treat the picks as partial.
-    monkeypatch.setattr(experiment, "COMPLETE_LABELS", 1.01)
+    monkeypatch.setattr(experiment, "PU_BELOW", 1.01)
     out = tmp_path / "exp"
     cfg = tiny_config(tiny_data.output_dir, out, self_training_iterations=0, pu_epochs=2)
     result = run_training(cfg, progress=False)

@@ -23,14 +23,15 @@ without coordinates, or with --unlabeled-dir: they are used through pseudo-label
     trained on or pseudo-labelled (config.json: split.val_regions);
   - the share of particles you picked (label completeness) is estimated on validation from
     the picks the model is surest of; below 0.8 the threshold is chosen on precision
-    corrected for it and self-training runs (--pu-epochs N adds N epochs of a
-    positive-unlabelled loss to the supervised stage: experimental, off by default);
+    corrected for it and self-training runs; below 0.5 the supervised stage also goes on
+    for --pu-epochs (20) with a positive-unlabelled loss (unpicked particles are not
+    background) and keeps the model that validates better;
   - each self-training iteration turns confident peaks on every training and unlabelled
     micrograph into pseudo-particles and retrains; best_model.pt is the stage that
     validates best.
   training.log and metrics.json say for each stage the estimated completeness, the range of
-  thresholds the validation labels cannot tell apart, and how many pseudo-particles were
-  added; selfpick report shows it.
+  thresholds the validation labels cannot tell apart, whether the positive-unlabelled model
+  was kept, and how many pseudo-particles were added; selfpick report shows it.
 
 The experiment folder gets config.json, training.log, metrics.json, one folder per stage
 (model.pt, metrics.json, visualization.png), best_model.pt and final_model.pt. Pick with
