@@ -5,4 +5,4 @@ Coordinates everywhere are particle *centres* in pixels of the original microgra
 ``x`` = column and ``y`` = row of the array as read (origin at ``data[0, 0]``).
 """
 
-__version__ = "0.5.0"
+__version__ = "0.6.0"
