@@ -95,3 +95,14 @@ def test_paint_disks_in_place_and_noop_cases():
     assert not out.any()
     paint_disks(out, [5, 5], 1.0, 7)  # a single (x, y) pair is accepted
     assert np.count_nonzero(out == 7) == 5
+
+
+def test_ignore_rows_inside_and_outside_a_strip():
+    from selfpick.targets import ignore_rows
+
+    t = np.zeros((10, 3), np.int8)
+    ignore_rows(t, 2.5, 6.0, inside=True)  # rows 3, 4, 5
+    assert (t[:, 0] == IGNORE).nonzero()[0].tolist() == [3, 4, 5]
+    t = np.zeros((10, 3), np.int8)
+    ignore_rows(t, 2.5, 6.0, inside=False)
+    assert (t[:, 0] != IGNORE).nonzero()[0].tolist() == [3, 4, 5]

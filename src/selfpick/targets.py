@@ -62,3 +62,21 @@ def make_target(shape: tuple[int, int], centres: np.ndarray, particle_radius: fl
     # Positives last: a neighbour's ring never hides a labelled particle.
     paint_disks(target, centres, r_pos, POSITIVE)
     return target
+
+
+def ignore_rows(target: np.ndarray, first: float, last: float, inside: bool) -> None:
+    """Set the rows of ``target`` from model row ``first`` up to (not including) ``last`` to
+    ignore (``inside=True``), or every other row (``inside=False``), in place.
+
+    Rows are model pixels, possibly fractional: a row counts as inside when its index is at
+    least ``ceil(first)`` and below ``ceil(last)`` (the rows whose centres a strip of
+    original pixels [y0, y1) covers). Used for validation strips (see
+    :func:`selfpick.training.data.hold_out_strip`).
+    """
+    a = int(np.ceil(max(0.0, first)))
+    b = int(np.ceil(max(0.0, last)))
+    if inside:
+        target[a:b] = IGNORE
+    else:
+        target[:a] = IGNORE
+        target[b:] = IGNORE

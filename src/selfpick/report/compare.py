@@ -282,7 +282,7 @@ def evaluate_models(model_paths, evalset: EvalSet, device="auto",
     from selfpick.picking.inference import predict_probability
     from selfpick.picking.pick import picks_from_probability
     from selfpick.preprocess import preprocess
-    from selfpick.targets import make_target
+    from selfpick.targets import ignore_rows, make_target
     from selfpick.training.validate import CANDIDATE_FLOOR
     from selfpick.utils.runtime import resolve_device
 
@@ -320,8 +320,7 @@ def evaluate_models(model_paths, evalset: EvalSet, device="auto",
             if name in evalset.regions:  # only the strip's pixels count
                 y0, y1 = evalset.regions[name]
                 rows = scale.to_model(np.array([[0.0, y0], [0.0, y1]]))[:, 1]
-                target[: int(np.ceil(max(0.0, rows[0])))] = -1
-                target[int(np.ceil(max(0.0, rows[1]))):] = -1
+                ignore_rows(target, rows[0], rows[1], inside=False)
             targets.append(target)
         particle = particle_metrics(items, radius, saved.threshold)
         particle["threshold_rule"] = "model's own threshold (chosen on its validation split)"

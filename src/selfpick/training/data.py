@@ -24,7 +24,7 @@ from selfpick.errors import InputError
 from selfpick.io import coords as coordio
 from selfpick.io.micrographs import list_micrographs, micrograph_name, read_micrograph
 from selfpick.preprocess import Scale, choose_downsample, choose_input_stride, preprocess
-from selfpick.targets import IGNORE, make_target
+from selfpick.targets import IGNORE, ignore_rows, make_target
 
 log = logging.getLogger(__name__)
 
@@ -338,12 +338,9 @@ def _strip_views(m: TrainingMicrograph, region: tuple[float, float], diameter: f
     val.gt_target = make_target(m.image.shape, val.truth_model(), r_model,
                                 tcfg.positive_radius, tcfg.ignore_radius)
     rows = m.scale.to_model(np.array([[0.0, y0 - guard], [0.0, y1 + guard]]))[:, 1]
-    a, b = int(np.floor(max(0.0, rows[0]))), int(np.ceil(max(0.0, rows[1])))
-    train.gt_target[a:b] = IGNORE
+    ignore_rows(train.gt_target, rows[0] - 1, rows[1], inside=True)
     rows = m.scale.to_model(np.array([[0.0, y0], [0.0, y1]]))[:, 1]
-    a, b = int(np.ceil(max(0.0, rows[0]))), int(np.ceil(max(0.0, rows[1])))
-    val.gt_target[:a] = IGNORE
-    val.gt_target[b:] = IGNORE
+    ignore_rows(val.gt_target, rows[0], rows[1], inside=False)
     return [train, val]
 
 

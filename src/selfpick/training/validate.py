@@ -203,7 +203,7 @@ def validate(model: torch.nn.Module, micrographs, particle_diameter: float, radi
     for p, m in zip(preds, micrographs):
         # A micrograph validated on a strip (few labelled micrographs): only the picks in
         # the strip count; its labels are the strip's.
-        keep = m.in_region(p.xy) if getattr(m, "region", None) is not None else slice(None)
+        keep = m.in_region(p.xy)
         items.append((p.name, p.xy[keep], p.scores[keep], m.truth))
     curve = particle_curve(items, radius)
     completeness = estimate_completeness(curve)
