@@ -7,7 +7,8 @@ import pytest
 
 from selfpick.config import Config, SelfTrainConfig, TargetConfig
 from selfpick.targets import IGNORE, NEGATIVE, POSITIVE, make_target
-from selfpick.training.pseudolabels import (PseudoLabelStats, label_shares,
+from selfpick.training.pseudolabels import (BACKGROUND_FRACTION, PseudoLabelStats,
+                                            calibrated_background, label_shares,
                                             merge_with_ground_truth, peak_pseudo_labels,
                                             pixel_pseudo_labels, score_for_precision,
                                             threshold_schedule)
@@ -175,6 +176,22 @@ def test_peaks_mode_without_peaks():
 
 
 # ---------------------------------------------------------------- calibration helpers
+
+
+def test_background_follows_an_under_confident_models_threshold():
+    # A calibrated model (picks at 0.4) keeps the schedule's 0.05 ...
+    assert calibrated_background(0.05, 0.4) == 0.05
+    # ... one that picks at 0.012 only calls pixels below half of that background.
+    assert calibrated_background(0.05, 0.012) == pytest.approx(BACKGROUND_FRACTION * 0.012)
+    assert calibrated_background(0.05, 0.0) == 0.0
+    # A particle such a model scores 0.01 is not painted background with that level.
+    prob = np.full((32, 32), 0.001, dtype=np.float32)
+    prob[_dist((32, 32), 16, 16) <= 4] = 0.01
+    neg = calibrated_background(0.05, 0.012)
+    pl = peak_pseudo_labels(prob, np.zeros((0, 2)), np.zeros(0), np.zeros((32, 32), np.int8),
+                            False, 4.0, 0.5, neg, TargetConfig())
+    assert np.all(pl[_dist((32, 32), 16, 16) <= 4] == IGNORE)
+    assert np.count_nonzero(pl == NEGATIVE) == np.count_nonzero(prob <= neg)
 
 
 def test_score_for_precision():

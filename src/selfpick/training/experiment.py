@@ -43,11 +43,12 @@ from selfpick.training.data import (CropDataset, TrainingMicrograph, TrainingSet
                                     crop_side, default_crops_per_epoch, label_edge_margin,
                                     load_training_set)
 from selfpick.training.loop import stage_learning_rate, train_stage
-from selfpick.training.pseudolabels import (PseudoLabelStats, label_shares, peak_pseudo_labels,
+from selfpick.training.pseudolabels import (PseudoLabelStats, calibrated_background,
+                                            label_shares, peak_pseudo_labels,
                                             pixel_pseudo_labels, score_for_precision,
                                             threshold_schedule)
-from selfpick.training.validate import (COMPLETE_LABELS, PSEUDO_LABEL_FLOOR, ValidationResult,
-                                        predict_micrographs, validate)
+from selfpick.training.validate import (CANDIDATE_FLOOR, COMPLETE_LABELS, PSEUDO_LABEL_FLOOR,
+                                        ValidationResult, predict_micrographs, validate)
 from selfpick.utils.atomic import atomic_path, atomic_write_json, ensure_writable_dir
 from selfpick.utils.runtime import resolve_device, seed_everything, tune_allocator, versions
 
@@ -191,13 +192,22 @@ def _pseudo_labels(k: int, cfg: Config, ts: TrainingSet, model: torch.nn.Module,
                 pos_score = float("inf")
         else:
             pos_score = pos
-    # Peaks are listed down to a quarter of the pseudo-particle score (an under-confident
-    # model's particles can all score below the usual floor): every peak above that score
-    # becomes a pseudo-particle, the band below it "maybe" (ignored disks), the rest
-    # background where the map is low.
+    # Background follows the model's calibration too: a pixel is background only where the
+    # map is below a fraction of the validation-chosen picking threshold. With the absolute
+    # 0.05 an under-confident model (EMPIAR-10017, 3 x 65 picks, threshold near 0.01) had
+    # every real particle it scored at 0.001-0.02 painted as background on all nine
+    # micrographs, and iteration 1 collapsed (bench/NOTES.md).
+    if st.pseudo_label_mode == "peaks" and st.calibrate_thresholds and val is not None:
+        neg = calibrated_background(neg, val.threshold)
+    # Peaks are listed down to a quarter of the pseudo-particle score and down to the
+    # background level (an under-confident model's particles can all score below the usual
+    # floor): every peak above that score becomes a pseudo-particle, the band below it
+    # "maybe" (ignored disks), the rest background where the map is low.
     floor = PSEUDO_LABEL_FLOOR
     if pos_score is not None and np.isfinite(pos_score):
         floor = min(floor, pos_score / 4)
+    if st.pseudo_label_mode == "peaks":
+        floor = max(min(floor, neg), CANDIDATE_FLOOR)
     preds = predict_micrographs(model, pool, ts.radius_model, device, cfg.pick.min_distance,
                                 floor=floor,
                                 amp=cfg.train.amp, desc=f"Pseudo-labelling (iteration {k})",

@@ -43,6 +43,24 @@ def threshold_schedule(iteration: int, cfg: SelfTrainConfig) -> tuple[float, flo
     return round(pos, 10), round(neg, 10)
 
 
+# In 'peaks' mode with calibrated thresholds, a pixel is pseudo-background only where the
+# probability is below this fraction of the validation-chosen picking threshold (and below
+# the schedule's absolute threshold). Half the threshold: a particle the model scores there
+# is one it would not pick, but not one it is sure is empty.
+BACKGROUND_FRACTION = 0.5
+
+
+def calibrated_background(neg: float, picking_threshold: float) -> float:
+    """The pseudo-background threshold for a model that picks at ``picking_threshold``.
+
+    The schedule's ``neg`` (0.05 at iteration 1) assumes a calibrated network. An
+    under-confident one (picking threshold 0.01) scores most real particles below 0.05, and
+    would have them taught as background; its background level is then
+    ``BACKGROUND_FRACTION * picking_threshold`` instead. Never below 0.0.
+    """
+    return float(max(0.0, min(neg, BACKGROUND_FRACTION * picking_threshold)))
+
+
 def merge_with_ground_truth(pseudo: np.ndarray, gt_target: np.ndarray,
                             labelled: bool) -> np.ndarray:
     """Ground truth wins: labelled disks stay 1 and their rings stay -1."""
