@@ -98,6 +98,9 @@ def test_metrics_json_one_entry_per_stage_with_level_split_threshold(tiny_experi
     assert root["stages"][0]["pseudo_labels"] is None
     pl = root["stages"][1]["pseudo_labels"]
     assert (pl["positive_threshold"], pl["negative_threshold"]) == (0.95, 0.05)
+    # Background below the schedule's 0.05, and below half the supervised stage's threshold.
+    assert pl["background_level"] == pytest.approx(
+        min(0.05, 0.5 * root["stages"][0]["threshold"]))
     assert pl["share_positive"] + pl["share_negative"] + pl["share_ignore"] == pytest.approx(1)
 
 

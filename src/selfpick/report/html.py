@@ -549,6 +549,7 @@ def _pseudo_table(exp: Experiment) -> str:
                 'training.</p>')
     h = ['<table class="metrics"><thead><tr><th>stage</th><th>mode</th>'
          '<th>positive threshold</th><th>negative threshold</th><th>score threshold used</th>'
+         '<th>background below</th>'
          '<th>micrographs</th><th>pixels positive</th><th>pixels background</th>'
          '<th>pixels ignored</th><th>pseudo-particles added</th></tr></thead><tbody>']
     for s in rows:
@@ -561,7 +562,8 @@ def _pseudo_table(exp: Experiment) -> str:
             f'<tr><td class="stage">{_e(s["stage"])}</td><td>{_e(pl.get("mode"))}</td>'
             f'<td>{_n(pl.get("positive_threshold"))}</td>'
             f'<td>{_n(pl.get("negative_threshold"))}</td>'
-            f'<td>{_n(pl.get("positive_score"))}</td><td>{_e(pl.get("n_micrographs"))}</td>'
+            f'<td>{_n(pl.get("positive_score"))}</td><td>{_n(pl.get("background_level"))}</td>'
+            f'<td>{_e(pl.get("n_micrographs"))}</td>'
             f'<td>{pct(pl.get("share_positive"))}</td><td>{pct(pl.get("share_negative"))}</td>'
             f'<td>{pct(pl.get("share_ignore"))}</td>'
             f'<td>{_e(pl.get("n_pseudo_particles"))}</td></tr>')
@@ -569,7 +571,9 @@ def _pseudo_table(exp: Experiment) -> str:
     h.append('<p class="note">Pseudo-labels of iteration k are made by the previous stage\'s '
              'model on the training and unlabelled micrographs (never the validation ones). '
              'Positive / negative thresholds: the adaptive schedule (in "peaks" mode a '
-             'validation precision, mapped to the score threshold shown). Pixel shares are of '
+             'validation precision, mapped to the score threshold shown; background only below '
+             'half the previous stage\'s picking threshold when that is lower than the '
+             'negative threshold). Pixel shares are of '
              'all pseudo-label pixels; pseudo-particles added are confident detections farther '
              'than a particle radius from every labelled centre.</p>')
     return "".join(h)

@@ -197,8 +197,9 @@ def _pseudo_labels(k: int, cfg: Config, ts: TrainingSet, model: torch.nn.Module,
     # 0.05 an under-confident model (EMPIAR-10017, 3 x 65 picks, threshold near 0.01) had
     # every real particle it scored at 0.001-0.02 painted as background on all nine
     # micrographs, and iteration 1 collapsed (bench/NOTES.md).
+    background = neg
     if st.pseudo_label_mode == "peaks" and st.calibrate_thresholds and val is not None:
-        neg = calibrated_background(neg, val.threshold)
+        background = calibrated_background(neg, val.threshold)
     # Peaks are listed down to a quarter of the pseudo-particle score and down to the
     # background level (an under-confident model's particles can all score below the usual
     # floor): every peak above that score becomes a pseudo-particle, the band below it
@@ -207,7 +208,7 @@ def _pseudo_labels(k: int, cfg: Config, ts: TrainingSet, model: torch.nn.Module,
     if pos_score is not None and np.isfinite(pos_score):
         floor = min(floor, pos_score / 4)
     if st.pseudo_label_mode == "peaks":
-        floor = max(min(floor, neg), CANDIDATE_FLOOR)
+        floor = max(min(floor, background), CANDIDATE_FLOOR)
     preds = predict_micrographs(model, pool, ts.radius_model, device, cfg.pick.min_distance,
                                 floor=floor,
                                 amp=cfg.train.amp, desc=f"Pseudo-labelling (iteration {k})",
@@ -217,7 +218,7 @@ def _pseudo_labels(k: int, cfg: Config, ts: TrainingSet, model: torch.nn.Module,
     for m, p in zip(pool, preds):
         if st.pseudo_label_mode == "peaks":
             pl = peak_pseudo_labels(p.prob, p.xy_model, p.scores, m.gt_target, m.labelled, r,
-                                    pos_score, neg, cfg.targets)
+                                    pos_score, background, cfg.targets)
             confident = p.xy_model[p.scores >= pos_score]
         else:
             pl = pixel_pseudo_labels(p.prob, m.gt_target, m.labelled, pos, neg)
@@ -227,7 +228,8 @@ def _pseudo_labels(k: int, cfg: Config, ts: TrainingSet, model: torch.nn.Module,
         maps.append(pl)
     n, sp, sn, si = label_shares(maps)
     stats = PseudoLabelStats(st.pseudo_label_mode, pos, neg, pos_score if pos_score is None or
-                             np.isfinite(pos_score) else None, len(pool), n, sp, sn, si, n_new)
+                             np.isfinite(pos_score) else None, len(pool), n, sp, sn, si, n_new,
+                             background if st.pseudo_label_mode == "peaks" else None)
     save_dir = stage_dir / "pseudo_labels"
     save_dir.mkdir(parents=True, exist_ok=True)
     for m, pl in zip(pool, maps):

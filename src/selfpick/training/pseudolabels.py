@@ -137,6 +137,9 @@ class PseudoLabelStats:
     share_negative: float
     share_ignore: float
     n_pseudo_particles: int  # confident detections not explained by a labelled particle
+    # peaks mode with calibrated thresholds: pixels below this probability were background
+    # (the schedule's negative threshold, lowered for an under-confident model)
+    background_level: float | None = None
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -146,6 +149,8 @@ class PseudoLabelStats:
                f"neg {self.negative_threshold:.3f}")
         if self.positive_score is not None:
             txt += f", score >= {self.positive_score:.3f}"
+        if self.background_level is not None and self.background_level != self.negative_threshold:
+            txt += f", background below {self.background_level:.4f}"
         return (txt + f"): {self.share_positive:.1%} positive, {self.share_negative:.1%} "
                 f"background, {self.share_ignore:.1%} ignored pixels; "
                 f"{self.n_pseudo_particles} pseudo-particles added on "
