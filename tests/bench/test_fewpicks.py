@@ -1,0 +1,73 @@
+"""bench/fewpicks.py bookkeeping: budgets drawn from curated picks, summaries over draws and the
+Markdown tables the README quotes (no training here)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+import fewpicks  # noqa: E402
+from realdata import RealDataset  # noqa: E402
+
+
+def _stage(f1, best, ap):
+    return {"precision": f1, "recall": f1, "f1": f1, "best_f1": best, "average_precision": ap}
+
+
+def _run(seed, z, c, budget="B1"):
+    return {"budget": budget, "seed": seed, "picks": 195, "train_seconds": 400.0 + seed,
+            "iteration_0": _stage(*z), "chosen": _stage(*c), "last": _stage(*c)}
+
+
+def test_summary_gain_is_per_draw_chosen_minus_supervised():
+    runs = [_run(0, (0.80, 0.81, 0.80), (0.84, 0.85, 0.83)),
+            _run(1, (0.76, 0.77, 0.75), (0.78, 0.80, 0.79))]
+    row = fewpicks.summarise(runs)["B1"]
+    assert row["n_seeds"] == 2
+    assert row["gain_f1"][0] == pytest.approx(0.03)
+    assert row["gain_average_precision"][0] == pytest.approx(0.035)
+    assert row["gain_best_f1"][1] == pytest.approx(np.std([0.04, 0.03], ddof=1))
+    assert row["train_seconds"] == [400.5, 401.0]
+
+
+def test_markdown_file_has_every_data_set_its_references_and_the_gain_table():
+    runs = [_run(0, (0.80, 0.81, 0.80), (0.84, 0.85, 0.83))]
+    entry = {"dataset": "EMPIAR-10017 test", "date": "2026-11-29", "machine": {"cpus": 2},
+             "train_args": [], "runs": runs, "summary": fewpicks.summarise(runs)}
+    md = fewpicks.markdown_file({"datasets": {"10017": entry}})
+    assert "## EMPIAR-10017 test" in md
+    assert "| B1 | 195 | chosen | 0.840 ± 0.000 |" in md
+    assert "| B1 | 1 draw(s) | 0.040 ± 0.000 | 0.040 ± 0.000 | 0.030 ± 0.000 |" in md
+    assert "Topaz 0.3.20" in md
+
+
+def test_budget_draw_depends_on_the_seed_and_keeps_curated_rows(tmp_path):
+    folder = tmp_path / "ds"
+    (folder / "micrographs").mkdir(parents=True)
+    (folder / "coordinates").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        (folder / "micrographs" / f"m{i}.png").write_bytes(b"")
+        pd.DataFrame({"X-Coordinate": rng.integers(0, 1000, 40),
+                      "Y-Coordinate": rng.integers(0, 1000, 40), "Diameter": 56}).to_csv(
+            folder / "coordinates" / f"m{i}.csv", index=False)
+    ds = RealDataset("x", "x", folder, ".png", 56, 5)
+    a = fewpicks.write_budget(tmp_path / "a", ds, "B1", 0)
+    b = fewpicks.write_budget(tmp_path / "b", ds, "B1", 0)
+    assert a == b and a["picks"] == 75 and a["unlabelled_micrographs"] == 2
+    assert all(n in {f"m{i}" for i in range(5)} for n in a["labelled_micrographs"])
+    for name in a["labelled_micrographs"]:
+        drawn = pd.read_csv(tmp_path / "a" / f"{name}.csv")
+        full = pd.read_csv(folder / "coordinates" / f"{name}.csv")
+        assert len(drawn) == 25
+        assert len(drawn.merge(full)) == 25  # every drawn pick is a curated one
+    draws = {tuple(fewpicks.write_budget(tmp_path / f"s{s}", ds, "B1", s)["labelled_micrographs"])
+             for s in range(6)}
+    assert len(draws) > 1
+    every = fewpicks.write_budget(tmp_path / "all", ds, "all", 0)
+    assert every["picks"] == 200 and every["unlabelled_micrographs"] == 0
