@@ -160,7 +160,10 @@ class SelfTrainConfig:
                                  "the probability map per pixel (the original script)",
                                  choices=("peaks", "pixel"))
     positive_threshold: float = opt(0.95, "pseudo-positive threshold at iteration 1", bounds=(0.0, 1.0))
-    negative_threshold: float = opt(0.05, "pseudo-negative threshold at iteration 1", bounds=(0.0, 1.0))
+    negative_threshold: float = opt(0.05, "pseudo-negative threshold at iteration 1 (in 'peaks' "
+                                    "mode with calibrated thresholds, pixels are background "
+                                    "only below half the picking threshold too, for "
+                                    "under-confident models)", bounds=(0.0, 1.0))
     threshold_step: float = opt(0.02, "how much both thresholds relax per iteration", bounds=(0.0, 1.0))
     positive_threshold_min: float = opt(0.80, "the positive threshold never relaxes below this", bounds=(0.0, 1.0))
     negative_threshold_max: float = opt(0.20, "the negative threshold never relaxes above this", bounds=(0.0, 1.0))
