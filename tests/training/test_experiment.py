@@ -101,6 +101,7 @@ def test_metrics_json_one_entry_per_stage_with_level_split_threshold(tiny_experi
     # Background below the schedule's 0.05, and below half the supervised stage's threshold.
     assert pl["background_level"] == pytest.approx(
         min(0.05, 0.5 * root["stages"][0]["threshold"]))
+    assert pl["estimated_precision"] is None or 0.0 <= pl["estimated_precision"] <= 1.0
     assert pl["share_positive"] + pl["share_negative"] + pl["share_ignore"] == pytest.approx(1)
 
 

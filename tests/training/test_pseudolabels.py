@@ -8,7 +8,8 @@ import pytest
 from selfpick.config import Config, SelfTrainConfig, TargetConfig
 from selfpick.targets import IGNORE, NEGATIVE, POSITIVE, make_target
 from selfpick.training.pseudolabels import (BACKGROUND_FRACTION, PseudoLabelStats,
-                                            calibrated_background, label_shares,
+                                            calibrated_background, estimated_precision,
+                                            label_shares,
                                             merge_with_ground_truth, peak_pseudo_labels,
                                             pixel_pseudo_labels, score_for_precision,
                                             threshold_schedule)
@@ -194,6 +195,16 @@ def test_background_follows_an_under_confident_models_threshold():
     assert np.count_nonzero(pl == NEGATIVE) == np.count_nonzero(prob <= neg)
 
 
+def test_estimated_precision_of_pseudo_particles():
+    scores = np.array([0.9, 0.8, 0.7, 0.6])
+    local = np.array([1.0, 0.9, 0.5, 0.2])
+    assert estimated_precision(scores, local, 0.75) == pytest.approx(0.95)
+    assert estimated_precision(scores, local, 0.0) == pytest.approx(0.65)
+    assert estimated_precision(scores, local, 0.95) is None  # no validation pick that high
+    assert estimated_precision(scores, local, float("inf")) is None
+    assert estimated_precision(scores, local, None) is None
+
+
 def test_score_for_precision():
     scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5])
     precision = np.array([1.0, 1.0, 0.96, 0.9, 0.8])
@@ -231,3 +242,8 @@ def test_label_shares_and_stats_description():
     text = stats.describe()
     assert "7 pseudo-particles" in text and "25.0% positive" in text and "0.420" in text
     assert stats.as_dict()["n_pseudo_particles"] == 7
+    assert "estimated precision" not in text and "background below" not in text
+    stats = PseudoLabelStats("peaks", 0.95, 0.05, 0.42, 2, n, sp, sn, si, 7, 0.004, 0.93)
+    text = stats.describe()
+    assert "background below 0.0040" in text and "estimated precision 93%" in text
+    assert stats.as_dict()["estimated_precision"] == 0.93

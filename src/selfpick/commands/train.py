@@ -31,7 +31,8 @@ without coordinates, or with --unlabeled-dir: they are used through pseudo-label
     validates best.
   training.log and metrics.json say for each stage the estimated completeness, the range of
   thresholds the validation labels cannot tell apart, whether the positive-unlabelled model
-  was kept, and how many pseudo-particles were added; selfpick report shows it.
+  was kept, and how many pseudo-particles were added with their estimated precision;
+  selfpick report shows it.
 
 The experiment folder gets config.json, training.log, metrics.json, one folder per stage
 (model.pt, metrics.json, visualization.png), best_model.pt and final_model.pt. Pick with

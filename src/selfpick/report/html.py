@@ -551,7 +551,8 @@ def _pseudo_table(exp: Experiment) -> str:
          '<th>positive threshold</th><th>negative threshold</th><th>score threshold used</th>'
          '<th>background below</th>'
          '<th>micrographs</th><th>pixels positive</th><th>pixels background</th>'
-         '<th>pixels ignored</th><th>pseudo-particles added</th></tr></thead><tbody>']
+         '<th>pixels ignored</th><th>pseudo-particles added</th>'
+         '<th>estimated precision</th></tr></thead><tbody>']
     for s in rows:
         pl = s["pseudo_labels"]
 
@@ -566,7 +567,8 @@ def _pseudo_table(exp: Experiment) -> str:
             f'<td>{_e(pl.get("n_micrographs"))}</td>'
             f'<td>{pct(pl.get("share_positive"))}</td><td>{pct(pl.get("share_negative"))}</td>'
             f'<td>{pct(pl.get("share_ignore"))}</td>'
-            f'<td>{_e(pl.get("n_pseudo_particles"))}</td></tr>')
+            f'<td>{_e(pl.get("n_pseudo_particles"))}</td>'
+            f'<td>{pct(pl.get("estimated_precision"))}</td></tr>')
     h.append("</tbody></table>")
     h.append('<p class="note">Pseudo-labels of iteration k are made by the previous stage\'s '
              'model on the training and unlabelled micrographs (never the validation ones). '
@@ -575,7 +577,9 @@ def _pseudo_table(exp: Experiment) -> str:
              'half the previous stage\'s picking threshold when that is lower than the '
              'negative threshold). Pixel shares are of '
              'all pseudo-label pixels; pseudo-particles added are confident detections farther '
-             'than a particle radius from every labelled centre.</p>')
+             'than a particle radius from every labelled centre; their estimated precision is the '
+             'share of real particles (corrected for incomplete labels) among the validation '
+             'picks at or above the same score.</p>')
     return "".join(h)
 
 

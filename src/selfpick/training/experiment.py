@@ -44,7 +44,7 @@ from selfpick.training.data import (CropDataset, TrainingMicrograph, TrainingSet
                                     load_training_set)
 from selfpick.training.loop import stage_learning_rate, train_stage
 from selfpick.training.pseudolabels import (PseudoLabelStats, calibrated_background,
-                                            label_shares, peak_pseudo_labels,
+                                            estimated_precision, label_shares, peak_pseudo_labels,
                                             pixel_pseudo_labels, score_for_precision,
                                             threshold_schedule)
 from selfpick.training.validate import (CANDIDATE_FLOOR, COMPLETE_LABELS, PSEUDO_LABEL_FLOOR,
@@ -229,7 +229,9 @@ def _pseudo_labels(k: int, cfg: Config, ts: TrainingSet, model: torch.nn.Module,
     n, sp, sn, si = label_shares(maps)
     stats = PseudoLabelStats(st.pseudo_label_mode, pos, neg, pos_score if pos_score is None or
                              np.isfinite(pos_score) else None, len(pool), n, sp, sn, si, n_new,
-                             background if st.pseudo_label_mode == "peaks" else None)
+                             background if st.pseudo_label_mode == "peaks" else None,
+                             estimated_precision(val.rank_scores, val.local_precision, pos_score)
+                             if st.pseudo_label_mode == "peaks" else None)
     save_dir = stage_dir / "pseudo_labels"
     save_dir.mkdir(parents=True, exist_ok=True)
     for m, pl in zip(pool, maps):

@@ -140,6 +140,10 @@ class PseudoLabelStats:
     # peaks mode with calibrated thresholds: pixels below this probability were background
     # (the schedule's negative threshold, lowered for an under-confident model)
     background_level: float | None = None
+    # peaks mode: the estimated share of real particles among validation picks scoring at
+    # least positive_score (completeness-corrected local precision, averaged) -- what the
+    # pseudo-particles are expected to be worth
+    estimated_precision: float | None = None
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -151,10 +155,27 @@ class PseudoLabelStats:
             txt += f", score >= {self.positive_score:.3f}"
         if self.background_level is not None and self.background_level != self.negative_threshold:
             txt += f", background below {self.background_level:.4f}"
-        return (txt + f"): {self.share_positive:.1%} positive, {self.share_negative:.1%} "
+        txt += (f"): {self.share_positive:.1%} positive, {self.share_negative:.1%} "
                 f"background, {self.share_ignore:.1%} ignored pixels; "
                 f"{self.n_pseudo_particles} pseudo-particles added on "
                 f"{self.n_micrographs} micrographs")
+        if self.estimated_precision is not None:
+            txt += (f" (estimated precision {self.estimated_precision:.0%} from the validation "
+                    f"picks above the same score)")
+        return txt
+
+
+def estimated_precision(rank_scores: np.ndarray, local_precision: np.ndarray,
+                        pos_score: float | None) -> float | None:
+    """Mean local precision of the validation picks scoring at least ``pos_score``: the
+    expected share of real particles among pseudo-particles chosen with that score
+    (``None`` when no validation pick reaches it)."""
+    if pos_score is None or not np.isfinite(pos_score):
+        return None
+    keep = np.asarray(rank_scores) >= pos_score
+    if not keep.any():
+        return None
+    return float(np.mean(np.asarray(local_precision)[keep]))
 
 
 def label_shares(maps: list[np.ndarray]) -> tuple[int, float, float, float]:
