@@ -189,6 +189,22 @@ def markdown_file(results: dict) -> str:
     return "\n".join(parts)
 
 
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+START, END = "<!-- fewpicks tables: start -->", "<!-- fewpicks tables: end -->"
+
+
+def update_docs(path: Path, results: dict) -> None:
+    """Replace what lies between the two marker comments of ``path`` with every data set's
+    tables (everything else in the file is left as it is)."""
+    text = path.read_text()
+    if START not in text or END not in text:
+        raise SystemExit(f"{path} has no '{START}' ... '{END}' block to update")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    body = markdown_file(results).split("\n", 1)[1].replace("\n## ", "\n#### ")
+    path.write_text(f"{head}{START}\n{body.strip()}\n{END}{tail}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--datasets", nargs="+", default=[*DATASETS, "sim-globular"],
@@ -200,6 +216,8 @@ def main() -> int:
     ap.add_argument("--train-args", default="", help="extra selfpick train flags (tuning only)")
     ap.add_argument("--work", default=None, help="working folder (default: a temporary one)")
     ap.add_argument("--output", default=str(RESULTS / "fewpicks.json"))
+    ap.add_argument("--update-docs", action="store_true",
+                    help=f"also replace the tables between the fewpicks markers of {DOCS}")
     args = ap.parse_args()
     root = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="selfpick_few_"))
     train_args = shlex.split(args.train_args)
@@ -239,6 +257,9 @@ def main() -> int:
     md = out.with_suffix(".md")
     md.write_text(markdown_file(results))
     print(f"wrote {out} and {md}")
+    if args.update_docs:
+        update_docs(DOCS, results)
+        print(f"updated the few-picks tables in {DOCS}")
     return 0
 
 

@@ -71,3 +71,19 @@ def test_budget_draw_depends_on_the_seed_and_keeps_curated_rows(tmp_path):
     assert len(draws) > 1
     every = fewpicks.write_budget(tmp_path / "all", ds, "all", 0)
     assert every["picks"] == 200 and every["unlabelled_micrographs"] == 0
+
+
+def test_update_docs_replaces_only_the_marked_block(tmp_path):
+    runs = [_run(0, (0.80, 0.81, 0.80), (0.84, 0.85, 0.83))]
+    entry = {"dataset": "EMPIAR-10017 test", "date": "2026-11-29", "machine": {"cpus": 2},
+             "train_args": [], "runs": runs, "summary": fewpicks.summarise(runs)}
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text(f"# Top\nbefore\n{fewpicks.START}\nold table\n{fewpicks.END}\nafter\n")
+    fewpicks.update_docs(doc, {"datasets": {"10017": entry}})
+    text = doc.read_text()
+    assert text.startswith("# Top\nbefore\n") and text.endswith(f"{fewpicks.END}\nafter\n")
+    assert "old table" not in text and "#### EMPIAR-10017 test" in text
+    assert "| B1 | 195 | chosen | 0.840 ± 0.000 |" in text
+    doc.write_text("no markers")
+    with pytest.raises(SystemExit):
+        fewpicks.update_docs(doc, {"datasets": {"10017": entry}})
