@@ -9,7 +9,7 @@ from selfpick.config import Config, SelfTrainConfig, TargetConfig
 from selfpick.targets import IGNORE, NEGATIVE, POSITIVE, make_target
 from selfpick.training.pseudolabels import (BACKGROUND_FRACTION, PseudoLabelStats,
                                             calibrated_background, estimated_precision,
-                                            label_shares,
+                                            label_shares, listing_floor,
                                             merge_with_ground_truth, peak_pseudo_labels,
                                             pixel_pseudo_labels, score_for_precision,
                                             threshold_schedule)
@@ -193,6 +193,17 @@ def test_background_follows_an_under_confident_models_threshold():
                             False, 4.0, 0.5, neg, TargetConfig())
     assert np.all(pl[_dist((32, 32), 16, 16) <= 4] == IGNORE)
     assert np.count_nonzero(pl == NEGATIVE) == np.count_nonzero(prob <= neg)
+
+
+def test_listing_floor_reaches_down_to_the_background_level():
+    assert listing_floor(None, None) == 0.02  # pixel mode: the usual floor
+    assert listing_floor(0.9, 0.05) == 0.02  # a calibrated model
+    assert listing_floor(0.04, 0.05) == pytest.approx(0.01)  # a quarter of the pos. score
+    # An under-confident model: every peak above its background level is listed ...
+    assert listing_floor(0.871, 0.004) == pytest.approx(0.004)
+    # ... but never below the scoring floor, and an unreachable score changes nothing.
+    assert listing_floor(0.871, 0.0) == pytest.approx(0.001)
+    assert listing_floor(float("inf"), 0.05) == 0.02
 
 
 def test_estimated_precision_of_pseudo_particles():

@@ -44,11 +44,12 @@ from selfpick.training.data import (CropDataset, TrainingMicrograph, TrainingSet
                                     load_training_set)
 from selfpick.training.loop import stage_learning_rate, train_stage
 from selfpick.training.pseudolabels import (PseudoLabelStats, calibrated_background,
-                                            estimated_precision, label_shares, peak_pseudo_labels,
+                                            estimated_precision, label_shares, listing_floor,
+                                            peak_pseudo_labels,
                                             pixel_pseudo_labels, score_for_precision,
                                             threshold_schedule)
-from selfpick.training.validate import (CANDIDATE_FLOOR, COMPLETE_LABELS, PSEUDO_LABEL_FLOOR,
-                                        ValidationResult, predict_micrographs, validate)
+from selfpick.training.validate import (COMPLETE_LABELS, ValidationResult, predict_micrographs,
+                                        validate)
 from selfpick.utils.atomic import atomic_path, atomic_write_json, ensure_writable_dir
 from selfpick.utils.runtime import resolve_device, seed_everything, tune_allocator, versions
 
@@ -182,41 +183,29 @@ def _pseudo_labels(k: int, cfg: Config, ts: TrainingSet, model: torch.nn.Module,
     st = cfg.selftrain
     pos, neg = threshold_schedule(k, st)
     pool = ts.subset("train") + ts.subset("unlabeled")
-    pos_score = None
-    if st.pseudo_label_mode == "peaks":
-        if st.calibrate_thresholds:
-            pos_score = score_for_precision(val.rank_scores, val.local_precision, pos)
-            if pos_score is None:
-                log.warning("iteration %d: no score reaches %.0f%% validation precision; no "
-                            "pseudo-particles are added this iteration", k, 100 * pos)
-                pos_score = float("inf")
-        else:
-            pos_score = pos
-    # Background follows the model's calibration too: a pixel is background only where the
-    # map is below a fraction of the validation-chosen picking threshold. With the absolute
-    # 0.05 an under-confident model (EMPIAR-10017, 3 x 65 picks, threshold near 0.01) had
-    # every real particle it scored at 0.001-0.02 painted as background on all nine
-    # micrographs, and iteration 1 collapsed (bench/NOTES.md).
-    background = neg
-    if st.pseudo_label_mode == "peaks" and st.calibrate_thresholds and val is not None:
+    peaks = st.pseudo_label_mode == "peaks"
+    pos_score, background = None, neg
+    if peaks and st.calibrate_thresholds:
+        pos_score = score_for_precision(val.rank_scores, val.local_precision, pos)
+        if pos_score is None:
+            log.warning("iteration %d: no score reaches %.0f%% validation precision; no "
+                        "pseudo-particles are added this iteration", k, 100 * pos)
+            pos_score = float("inf")
+        # Background follows the model's calibration too. With the absolute 0.05 an
+        # under-confident model (EMPIAR-10017, 3 x 65 picks, threshold near 0.01) had every
+        # real particle it scored at 0.001-0.02 painted as background on all nine
+        # micrographs, and iteration 1 collapsed (bench/NOTES.md).
         background = calibrated_background(neg, val.threshold)
-    # Peaks are listed down to a quarter of the pseudo-particle score and down to the
-    # background level (an under-confident model's particles can all score below the usual
-    # floor): every peak above that score becomes a pseudo-particle, the band below it
-    # "maybe" (ignored disks), the rest background where the map is low.
-    floor = PSEUDO_LABEL_FLOOR
-    if pos_score is not None and np.isfinite(pos_score):
-        floor = min(floor, pos_score / 4)
-    if st.pseudo_label_mode == "peaks":
-        floor = max(min(floor, background), CANDIDATE_FLOOR)
+    elif peaks:
+        pos_score = pos
     preds = predict_micrographs(model, pool, ts.radius_model, device, cfg.pick.min_distance,
-                                floor=floor,
+                                floor=listing_floor(pos_score, background if peaks else None),
                                 amp=cfg.train.amp, desc=f"Pseudo-labelling (iteration {k})",
                                 progress=progress, edge_margin=cfg.pick.edge_margin)
     maps, n_new = [], 0
     r = ts.radius_model
     for m, p in zip(pool, preds):
-        if st.pseudo_label_mode == "peaks":
+        if peaks:
             pl = peak_pseudo_labels(p.prob, p.xy_model, p.scores, m.gt_target, m.labelled, r,
                                     pos_score, background, cfg.targets)
             confident = p.xy_model[p.scores >= pos_score]
@@ -227,11 +216,12 @@ def _pseudo_labels(k: int, cfg: Config, ts: TrainingSet, model: torch.nn.Module,
         n_new += _count_new(confident, m.truth_model(), r)
         maps.append(pl)
     n, sp, sn, si = label_shares(maps)
-    stats = PseudoLabelStats(st.pseudo_label_mode, pos, neg, pos_score if pos_score is None or
-                             np.isfinite(pos_score) else None, len(pool), n, sp, sn, si, n_new,
-                             background if st.pseudo_label_mode == "peaks" else None,
+    finite = pos_score is not None and np.isfinite(pos_score)
+    stats = PseudoLabelStats(st.pseudo_label_mode, pos, neg, pos_score if finite else None,
+                             len(pool), n, sp, sn, si, n_new,
+                             background if peaks else None,
                              estimated_precision(val.rank_scores, val.local_precision, pos_score)
-                             if st.pseudo_label_mode == "peaks" else None)
+                             if peaks else None)
     save_dir = stage_dir / "pseudo_labels"
     save_dir.mkdir(parents=True, exist_ok=True)
     for m, pl in zip(pool, maps):

@@ -24,6 +24,7 @@ import numpy as np
 
 from selfpick.config import SelfTrainConfig, TargetConfig
 from selfpick.targets import IGNORE, NEGATIVE, POSITIVE, paint_disks
+from selfpick.training.validate import CANDIDATE_FLOOR, PSEUDO_LABEL_FLOOR
 
 
 def threshold_schedule(iteration: int, cfg: SelfTrainConfig) -> tuple[float, float]:
@@ -59,6 +60,24 @@ def calibrated_background(neg: float, picking_threshold: float) -> float:
     ``BACKGROUND_FRACTION * picking_threshold`` instead. Never below 0.0.
     """
     return float(max(0.0, min(neg, BACKGROUND_FRACTION * picking_threshold)))
+
+
+def listing_floor(pos_score: float | None, background: float | None) -> float:
+    """Lowest peak score listed when pseudo-labelling.
+
+    A quarter of the pseudo-particle score and the background level, when those are below
+    the usual :data:`~selfpick.training.validate.PSEUDO_LABEL_FLOOR` (an under-confident
+    model's particles can all score below it): every listed peak is at least an ignored
+    "maybe" disk, never background. Never below the scoring floor
+    :data:`~selfpick.training.validate.CANDIDATE_FLOOR`. ``background=None``: pixel mode,
+    which keeps the usual floor.
+    """
+    floor = PSEUDO_LABEL_FLOOR
+    if pos_score is not None and np.isfinite(pos_score):
+        floor = min(floor, pos_score / 4)
+    if background is not None:
+        floor = max(min(floor, background), CANDIDATE_FLOOR)
+    return float(floor)
 
 
 def merge_with_ground_truth(pseudo: np.ndarray, gt_target: np.ndarray,
