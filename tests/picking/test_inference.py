@@ -191,3 +191,64 @@ def test_a_batch_that_runs_out_of_memory_is_done_one_image_at_a_time(monkeypatch
     images = [np.zeros((16, 16), np.float32), np.ones((16, 16), np.float32)]
     probs = inference.predict_probabilities(net, images)
     assert len(probs) == 2 and all(p.shape == (16, 16) for p in probs)
+
+
+# --- test-time augmentation -------------------------------------------------------------
+
+def _by_position(v: torch.Tensor) -> torch.Tensor:
+    """A 'network' whose output depends on where a pixel is, not only on what is there:
+    views that are not mapped back exactly would show up in the average."""
+    h, w = v.shape[-2:]
+    rows = torch.arange(h, dtype=v.dtype)[:, None].expand(h, w)
+    return v + 0.01 * rows
+
+
+def test_tta_one_is_the_plain_output():
+    img = _image()
+    assert torch.equal(inference.augmented_logits(_by_position, img, 1), _by_position(img))
+
+
+@pytest.mark.parametrize("tta", [2, 4, 8])
+def test_each_view_is_mapped_back_to_the_pixel_it_came_from(tta):
+    # For a function of the pixel alone every view must give the image back exactly; a
+    # missing inverse flip or transpose would move pixels.
+    img = _image()
+    assert torch.allclose(inference.augmented_logits(lambda v: 2 * v, img, tta), 2 * img)
+    # The position-dependent part is averaged over the views' own row indices.
+    out = inference.augmented_logits(_by_position, img, tta)
+    assert out.shape == (H, W)
+    assert not torch.allclose(out, _by_position(img))
+
+
+def test_the_eight_views_are_the_eight_symmetries_of_the_square():
+    x = torch.arange(16.0).reshape(4, 4)
+    seen = set()
+    for transpose, flip_rows, flip_cols in inference.TTA_TRANSFORMS:
+        v = x.T if transpose else x
+        dims = [d for d, f in ((0, flip_rows), (1, flip_cols)) if f]
+        v = v.flip(dims) if dims else v
+        seen.add(tuple(v.flatten().tolist()))
+    assert len(seen) == 8
+
+
+def test_tta_refuses_other_numbers():
+    with pytest.raises(ValueError, match="tta"):
+        inference.augmented_logits(_by_position, _image(), 3)
+
+
+@pytest.mark.parametrize("tta", [2, 8])
+def test_tta_gives_the_same_map_whole_tiled_and_batched(tta):
+    # Non-square image: transposed views have other shapes, and tiles must still line up.
+    model = _random_unet(3)
+    img = _image()
+    whole = predict_probability(model, img, tile=0, tta=tta)
+    tiled = predict_probability(model, img, tile=64, tta=tta)
+    assert (whole - tiled).abs().max().item() < 1e-5
+    batched = inference.predict_probabilities(model, [img, img.flip(0)], tile=0, tta=tta)
+    assert (batched[0] - whole).abs().max().item() < 1e-5
+    # Averaging over a symmetric set of views makes the map equivariant under those views:
+    # the map of the flipped image is the flipped map (180-degree rotation is in every set).
+    rotated = predict_probability(model, img.flip(0).flip(1), tile=0, tta=tta)
+    assert (rotated.flip(0).flip(1) - whole).abs().max().item() < 1e-5
+    plain = predict_probability(model, img, tile=0)
+    assert (plain - whole).abs().max().item() > 1e-3

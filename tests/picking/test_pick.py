@@ -460,3 +460,42 @@ def test_batches_keep_one_size_together_and_unreadable_micrographs_alone():
     groups = [[it["index"] for it in g] for g in _batches(items, 2)]
     assert groups == [[0, 1], [2], [3], [4, 5], [6]]
     assert [[it["index"] for it in g] for g in _batches(items, 1)] == [[i] for i in range(7)]
+
+
+def test_the_model_s_views_are_used_and_tta_can_be_changed(model_path, tiny_data, reference,
+                                                           saved, tmp_path):
+    # Training validated with the default number of views and saved it with the model, so
+    # plain picking averages that many; --tta 1 gives other scores, and bad values are
+    # refused before any output is made.
+    from selfpick.config import Config
+
+    assert saved.tta == Config().pick.tta == 8
+    out = tmp_path / "one_view"
+    pick(model_path, tiny_data.micrographs, out, _opts(fmt="csv", tta=1, threshold=0.0),
+         progress=False)
+    one = coordio.read_coordinates(out / "picks.csv", "csv")
+    name = micrograph_name(tiny_data.micrographs[0])
+    mine = one[one["micrograph"] == name]
+    want = reference[name]
+    near = [float(np.min(np.hypot(*(mine[["x", "y"]].to_numpy() - r).T))) for r in
+            want[["x", "y"]].to_numpy()]
+    same_place = [i for i, d in enumerate(near) if d < 1.0]
+    assert same_place, "one view found none of the picks of eight"
+    scores_one = mine[["x", "y", "score"]].to_numpy()
+    diffs = [abs(scores_one[np.argmin(np.hypot(*(scores_one[:, :2] - want.loc[i, ["x", "y"]]
+                                                  .to_numpy(float)).T)), 2]
+                 - want.loc[i, "score"]) for i in same_place]
+    assert max(diffs) > 1e-4
+    bad = tmp_path / "bad"
+    with pytest.raises(SelfpickError, match="--tta 3"):
+        pick(model_path, tiny_data.micrographs, bad, _opts(fmt="csv", tta=3), progress=False)
+    assert not bad.exists()
+
+
+def test_models_saved_before_tta_existed_pick_with_one_view():
+    from selfpick.config import Config
+
+    old = Config().to_dict()
+    del old["pick"]["tta"]
+    assert Config.from_saved(old).pick.tta == 1
+    assert Config.from_saved(Config().to_dict()).pick.tta == 8

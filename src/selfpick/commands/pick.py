@@ -83,6 +83,13 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         "with torch on the picking device, 'cpu' = with NumPy/SciPy; auto = "
                         "the GPU when picking on one (the same result up to float rounding; "
                         "the CPUs then only read files), else the CPU (default: auto)")
+    parser.add_argument("--tta", type=int, choices=(1, 2, 4, 8), default=None,
+                        help="test-time augmentation: views of each micrograph (flips, "
+                        "transposes) whose network outputs are averaged; more views rank "
+                        "particles better and cost that many times the network time "
+                        "(default: the model's, with which its threshold was chosen: 8 "
+                        "unless it was trained with another --tta, 1 for models saved "
+                        "before the setting existed)")
     parser.add_argument("--tile", type=int, default=None, metavar="PX",
                         help="tile size in model pixels (default: automatic; 0 = whole image)")
     parser.add_argument("--shard", default=None, metavar="I/N",
@@ -99,6 +106,7 @@ def main(args: argparse.Namespace) -> int:
                        edge_margin=args.edge_margin, min_distance=args.min_distance,
                        flip_y=args.flip_y, box_size=args.box_size, device=args.device,
                        batch_size=args.batch_size, workers=args.workers, tile=args.tile,
+                       tta=args.tta,
                        preprocess_on=args.preprocess_on,
                        shard=parse_shard(args.shard), skip_existing=args.skip_existing)
     summary = pick(args.model, args.images, args.output, opts, progress=not args.quiet)

@@ -89,7 +89,7 @@ def evaluate_model(model_path, image_dir, coords_file, radius: float | None = No
                            disable=not progress or None):
         data, _ = read_micrograph(path, saved.config.data.pixel_size)
         img, scale = preprocess(data, saved.downsample, saved.config.preprocess)
-        prob = predict_probability(saved.model, img, dev)
+        prob = predict_probability(saved.model, img, dev, tta=saved.tta)
         xy, scores = picks_from_probability(saved, prob, scale, data.shape, CANDIDATE_FLOOR)
         items.append((name, xy, scores, truth.by_name[name]))
         probs.append(prob.cpu().numpy())

@@ -64,6 +64,12 @@ class SavedModel:
         return self.particle_diameter / 2 / self.downsample
 
     @property
+    def tta(self) -> int:
+        """Views averaged at picking (:func:`selfpick.picking.inference.augmented_logits`),
+        as in the validation that chose :attr:`threshold`."""
+        return int(self.config.pick.tta)
+
+    @property
     def edge_margin(self) -> float:
         """Picks closer than this to a micrograph edge are dropped (original pixels)."""
         return float(self.config.pick.edge_margin or 0.0)

@@ -7,6 +7,12 @@ Tiles are cut on the network's downsampling grid with a margin wider than the re
 and only their centres are kept, so away from the borders the tiled map equals the whole-image
 map (up to float rounding). Large micrographs, and any micrograph that runs out of memory as a
 whole, are done in tiles.
+
+Test-time augmentation (``tta``): the network also sees the micrograph flipped and
+transposed, and the logits, mapped back, are averaged. Particles have no preferred
+orientation in the image plane, so each view is an equally valid guess; their mean ranks
+particles better (bench/NOTES.md, "Test-time augmentation") at ``tta`` times the network
+time.
 """
 
 from __future__ import annotations
@@ -25,6 +31,12 @@ DEFAULT_TILE = 512
 # Tile margin per unit of the network's coarsest stride (2**depth): the receptive-field radius
 # of the U-Net grows as about 8 * 2**depth model pixels.
 MARGIN_PER_STRIDE = 9
+# The eight symmetries of the square as (transpose, flip rows, flip columns), in the order
+# ``tta`` takes them: 2 = identity and 180-degree rotation, 4 = adds both mirrors, 8 = all.
+TTA_TRANSFORMS = ((False, False, False), (False, True, True), (False, True, False),
+                  (False, False, True), (True, False, False), (True, True, True),
+                  (True, True, False), (True, False, True))
+TTA_CHOICES = (1, 2, 4, 8)
 
 
 def _round_up(n: int, m: int) -> int:
@@ -91,6 +103,30 @@ def predict_logits_tiled(model: torch.nn.Module, image: torch.Tensor, tile: int 
     return out[:h, :w]
 
 
+def augmented_logits(logits_of, x: torch.Tensor, tta: int = 1) -> torch.Tensor:
+    """Mean of ``logits_of`` over the first ``tta`` of :data:`TTA_TRANSFORMS` of ``x``.
+
+    ``x`` is ``(..., H, W)``; ``logits_of`` maps such a tensor (also transposed, ``W, H``)
+    to logits of the same shape. Each view's logits are mapped back before averaging, so
+    the result is ``(..., H, W)`` and ``tta=1`` is ``logits_of(x)`` itself.
+    """
+    if tta not in TTA_CHOICES:
+        raise ValueError(f"tta must be one of {TTA_CHOICES}, not {tta!r}")
+    total = None
+    for transpose, flip_rows, flip_cols in TTA_TRANSFORMS[:tta]:
+        dims = [d for d, flip in ((-2, flip_rows), (-1, flip_cols)) if flip]
+        view = x.transpose(-2, -1) if transpose else x
+        if dims:
+            view = view.flip(dims)
+        out = logits_of(view.contiguous() if (dims or transpose) else view)
+        if dims:
+            out = out.flip(dims)
+        if transpose:
+            out = out.transpose(-2, -1)
+        total = out if total is None else total + out
+    return total if tta == 1 else total / tta
+
+
 def _is_oom(exc: BaseException) -> bool:
     if isinstance(exc, MemoryError):
         return True
@@ -133,12 +169,13 @@ def _unless_out_of_memory(run, device: torch.device, warning: str) -> torch.Tens
 
 def predict_probability(model: torch.nn.Module, image: np.ndarray | torch.Tensor,
                         device: torch.device | str = "cpu", tile: int | None = None,
-                        amp: bool = False) -> torch.Tensor:
+                        amp: bool = False, tta: int = 1) -> torch.Tensor:
     """Particle probability ``(H, W)`` (float32, on ``device``) for one model-scale image.
 
     ``tile=None`` decides by size: whole-image up to :data:`WHOLE_IMAGE_MAX_PIXELS`, tiles
     beyond. ``tile=0`` forces whole-image. A whole-image pass that runs out of memory is
-    retried in tiles instead of failing.
+    retried in tiles instead of failing. ``tta`` views are averaged (see
+    :func:`augmented_logits`).
     """
     device = torch.device(device)
     x = _as_tensor(image, device)
@@ -146,17 +183,20 @@ def predict_probability(model: torch.nn.Module, image: np.ndarray | torch.Tensor
     if not use_tiles:
         h, w = x.shape[-2:]
         prob = _unless_out_of_memory(
-            lambda: torch.sigmoid(predict_logits(model, x[None, None], amp=amp)[0, 0]), device,
-            f"micrograph of {w}x{h} model px does not fit in memory as a whole; predicting in "
-            "tiles")
+            lambda: torch.sigmoid(augmented_logits(
+                lambda v: predict_logits(model, v[None, None], amp=amp)[0, 0], x, tta)),
+            device, f"micrograph of {w}x{h} model px does not fit in memory as a whole; "
+            "predicting in tiles")
         if prob is not None:
             return prob
         use_tiles = DEFAULT_TILE
-    return torch.sigmoid(predict_logits_tiled(model, x, tile=use_tiles, amp=amp))
+    return torch.sigmoid(augmented_logits(
+        lambda v: predict_logits_tiled(model, v, tile=use_tiles, amp=amp), x, tta))
 
 
 def predict_probabilities(model: torch.nn.Module, images: list, device: torch.device | str = "cpu",
-                          tile: int | None = None, amp: bool = False) -> list[torch.Tensor]:
+                          tile: int | None = None, amp: bool = False,
+                          tta: int = 1) -> list[torch.Tensor]:
     """:func:`predict_probability` of several model-scale images ``(H, W)``.
 
     Images of one size that fit whole go through the network as one batch (a GPU does a
@@ -167,9 +207,10 @@ def predict_probabilities(model: torch.nn.Module, images: list, device: torch.de
     xs = [_as_tensor(im, device) for im in images]
     if len(xs) > 1 and len({x.shape for x in xs}) == 1 and not _tile_size(xs[0].shape, tile):
         prob = _unless_out_of_memory(
-            lambda: torch.sigmoid(predict_logits(model, torch.stack(xs)[:, None], amp=amp)),
+            lambda: torch.sigmoid(augmented_logits(
+                lambda v: predict_logits(model, v, amp=amp), torch.stack(xs)[:, None], tta)),
             device, f"a batch of {len(xs)} micrographs does not fit in memory; predicting them "
             "one at a time")
         if prob is not None:
             return list(prob[:, 0])
-    return [predict_probability(model, x, device, tile=tile, amp=amp) for x in xs]
+    return [predict_probability(model, x, device, tile=tile, amp=amp, tta=tta) for x in xs]

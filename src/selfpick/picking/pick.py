@@ -43,7 +43,7 @@ from selfpick.errors import InputError, SelfpickError
 from selfpick.io import coords as coordio
 from selfpick.io.micrographs import list_micrographs, micrograph_name, read_micrograph
 from selfpick.model.modelfile import SavedModel, load_model
-from selfpick.picking.inference import predict_probabilities, predict_probability
+from selfpick.picking.inference import TTA_CHOICES, predict_probabilities, predict_probability
 from selfpick.picking.peaks import micrograph_peaks
 from selfpick.preprocess import Scale, preprocess, preprocess_tensor, runs_on_tensors
 from selfpick.utils.atomic import atomic_write_json, ensure_writable_dir
@@ -74,6 +74,7 @@ class PickOptions:
     workers: int = -1  # -1: automatic
     preprocess_on: str = "auto"  # "cpu", "device" (the picking device) or "auto" (GPU: device)
     tile: int | None = None  # model pixels; None = automatic, 0 = whole micrograph
+    tta: int | None = None  # flips/transposes averaged (1, 2, 4, 8); None = the model's
     shard: tuple[int, int] | None = None  # (i, n)
     skip_existing: bool = False
     suffix: str = "_autopick"
@@ -278,14 +279,17 @@ def _network_threads(device: torch.device, pipelined: bool):
 def pick_image(saved: SavedModel, image: torch.Tensor | np.ndarray, scale: Scale,
                original_shape: tuple[int, int], device: torch.device, threshold: float,
                edge_margin: float | None = None, min_distance: float | None = None,
-               tile: int | None = None, amp: bool = True) -> tuple[np.ndarray, np.ndarray]:
+               tile: int | None = None, amp: bool = True,
+               tta: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Picks of one preprocessed micrograph.
 
     Returns ``(xy, scores)``: ``(N, 2)`` centres in ORIGINAL pixels and their scores,
     best first, all with score >= ``threshold`` and at least ``edge_margin`` original pixels
-    from the edge (``None``: the model's own margin).
+    from the edge (``None``: the model's own margin); ``tta`` views averaged (``None``: as
+    many as the model was validated with).
     """
-    prob = predict_probability(saved.model, image, device, tile=tile, amp=amp)
+    prob = predict_probability(saved.model, image, device, tile=tile, amp=amp,
+                               tta=saved.tta if tta is None else tta)
     return picks_from_probability(saved, prob, scale, original_shape, threshold, edge_margin,
                                   min_distance)
 
@@ -368,6 +372,8 @@ def pick(model_path: str | os.PathLike, images, output: str | os.PathLike,
     if opts.batch_size < 1:
         raise SelfpickError(f"--batch-size {opts.batch_size}: give 1 or more micrographs")
     check_threshold(opts.threshold)
+    if opts.tta is not None and opts.tta not in TTA_CHOICES:
+        raise SelfpickError(f"--tta {opts.tta}: give one of {', '.join(map(str, TTA_CHOICES))}")
     for flag, value in (("--edge-margin", opts.edge_margin), ("--min-distance", opts.min_distance)):
         if value is not None and not (value >= 0 and np.isfinite(value)):
             raise SelfpickError(f"{flag} {value}: give 0 or a positive number")
@@ -386,6 +392,7 @@ def pick(model_path: str | os.PathLike, images, output: str | os.PathLike,
     ensure_writable_dir(out)
     threshold = saved.threshold if opts.threshold is None else float(opts.threshold)
     edge = saved.edge_margin if opts.edge_margin is None else opts.edge_margin
+    tta = saved.tta if opts.tta is None else opts.tta
     box = opts.box_size or saved.particle_diameter
     summary = PickSummary()
     todo = paths
@@ -411,9 +418,10 @@ def pick(model_path: str | os.PathLike, images, output: str | os.PathLike,
     else:
         items = _read_ahead(stream)
     log.info("picking %d micrograph(s) with %s (threshold %.3f%s, particle %.0f px, "
-             "x%.2f downsampling%s) on %s", len(todo), model_path, threshold,
-             "" if opts.threshold is None else " from --threshold", saved.particle_diameter,
-             saved.downsample, " on the device" if on_device else "", device)
+             "x%.2f downsampling%s, %d view(s) averaged) on %s", len(todo), model_path,
+             threshold, "" if opts.threshold is None else " from --threshold",
+             saved.particle_diameter, saved.downsample, " on the device" if on_device else "",
+             tta, device)
     combined: list[pd.DataFrame] = []
     index_rows: list[tuple[str, str]] = []
     t0 = time.perf_counter()
@@ -460,7 +468,7 @@ def pick(model_path: str | os.PathLike, images, output: str | os.PathLike,
                     bar.update(1)
                     continue
                 probs = predict_probabilities(saved.model, [it["image"] for it in group],
-                                              device, tile=opts.tile, amp=True)
+                                              device, tile=opts.tile, amp=True, tta=tta)
                 record(post.submit(finish, [(todo[it["index"]], prob, Scale(*it["scale"]),
                                              it["shape"]) for it, prob in zip(group, probs)]))
             record(post.result())

@@ -307,7 +307,7 @@ def evaluate_models(model_paths, evalset: EvalSet, device="auto",
                                data.shape)
             img, scale, shape = cache[name]
             with torch.no_grad():
-                prob = predict_probability(saved.model, img, dev)
+                prob = predict_probability(saved.model, img, dev, tta=saved.tta)
                 xy, scores = picks_from_probability(saved, prob, scale, shape, CANDIDATE_FLOOR)
             keep = evalset.keep(name, xy)
             xy, scores = xy[keep], scores[keep]

@@ -201,7 +201,8 @@ def _pseudo_labels(k: int, cfg: Config, ts: TrainingSet, model: torch.nn.Module,
     preds = predict_micrographs(model, pool, ts.radius_model, device, cfg.pick.min_distance,
                                 floor=listing_floor(pos_score, background if peaks else None),
                                 amp=cfg.train.amp, desc=f"Pseudo-labelling (iteration {k})",
-                                progress=progress, edge_margin=cfg.pick.edge_margin)
+                                progress=progress, edge_margin=cfg.pick.edge_margin,
+                                tta=cfg.pick.tta)
     maps, n_new = [], 0
     r = ts.radius_model
     for m, p in zip(pool, preds):
@@ -279,7 +280,7 @@ def _positive_unlabelled(cfg: Config, train_model, model, val, pool, images, cro
     if dist.is_main():
         pu_val = validate(model, val_mics, ts.particle_diameter, ts.radius_model, device,
                           val_split, cfg.pick.min_distance, cfg.train.amp, progress,
-                          cfg.pick.edge_margin)
+                          cfg.pick.edge_margin, cfg.pick.tta)
         f_pn = selection_f1({"validation": val.metrics})
         f_pu = selection_f1({"validation": pu_val.metrics})
         keep_pu = f_pu >= f_pn
@@ -472,7 +473,7 @@ def _run_stages(cfg: Config, ts: TrainingSet, out: Path, device: torch.device,
                 if prev_val is None:  # resumed: re-measure the previous stage on validation
                     prev_val = validate(model, val_mics, ts.particle_diameter, ts.radius_model,
                                         device, val_split, cfg.pick.min_distance, cfg.train.amp,
-                                        progress, cfg.pick.edge_margin)
+                                        progress, cfg.pick.edge_margin, cfg.pick.tta)
                 targets, pl_stats = _pseudo_labels(k, cfg, ts, model, device, prev_val,
                                                    stage_dir, progress)
                 log.info("%s: %s", name, pl_stats.describe())
@@ -490,7 +491,7 @@ def _run_stages(cfg: Config, ts: TrainingSet, out: Path, device: torch.device,
         if is_main:
             val = validate(model, val_mics, ts.particle_diameter, ts.radius_model, device,
                            val_split, cfg.pick.min_distance, cfg.train.amp, progress,
-                           cfg.pick.edge_margin)
+                           cfg.pick.edge_margin, cfg.pick.tta)
         pu = None
         if k == 0 and cfg.loss.pu_epochs > 0:
             val, pu, extra = _positive_unlabelled(cfg, train_model, model, val, pool, images,
@@ -531,7 +532,7 @@ def _run_stages(cfg: Config, ts: TrainingSet, out: Path, device: torch.device,
                          u["n_labelled"], val.completeness)
             fig_mic = pool[0]
             fig_prob = predict_micrographs(model, [fig_mic], ts.radius_model, device,
-                                           progress=False)[0].prob
+                                           progress=False, tta=cfg.pick.tta)[0].prob
             _figure(stage_dir / "visualization.png", fig_mic, targets[0], fig_prob,
                     f"{name} — training micrograph {fig_mic.name}", k)
             stages.append(entry)

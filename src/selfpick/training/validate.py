@@ -56,17 +56,20 @@ class MicrographPrediction:
 def predict_micrographs(model: torch.nn.Module, micrographs, radius_model: float,
                         device: torch.device, min_distance: float = 0.5, amp: bool = False,
                         floor: float = CANDIDATE_FLOOR, desc: str = "Predicting",
-                        progress: bool = True, edge_margin: float = 0.0
+                        progress: bool = True, edge_margin: float = 0.0, tta: int = 1
                         ) -> list[MicrographPrediction]:
-    """Probability maps and candidate picks for training-set micrographs (no augmentation).
+    """Probability maps and candidate picks for training-set micrographs.
 
     ``min_distance`` is a fraction of the particle diameter, as in the model file;
-    ``edge_margin`` is in original pixels, as ``selfpick pick`` applies it.
+    ``edge_margin`` is in original pixels, as ``selfpick pick`` applies it; ``tta`` views
+    are averaged, as ``selfpick pick`` will average them (so a threshold chosen here holds
+    there).
     """
     model.eval()
     out = []
     for m in tqdm(micrographs, desc=desc, unit="mic", leave=False, disable=not progress or None):
-        prob = predict_probability(model, np.asarray(m.image, dtype=np.float32), device, amp=amp)
+        prob = predict_probability(model, np.asarray(m.image, dtype=np.float32), device, amp=amp,
+                                   tta=tta)
         xy, scores = micrograph_peaks(prob, m.scale, m.original_shape, radius_model,
                                       min_distance, threshold=floor, edge_margin=edge_margin)
         out.append(MicrographPrediction(m.name, prob.cpu().numpy(), m.scale.to_model(xy), xy,
@@ -191,13 +194,13 @@ def _between(thresholds: np.ndarray, k: int) -> float:
 
 def validate(model: torch.nn.Module, micrographs, particle_diameter: float, radius_model: float,
              device: torch.device, split: str, min_distance: float = 0.5, amp: bool = False,
-             progress: bool = True, edge_margin: float = 0.0) -> ValidationResult:
+             progress: bool = True, edge_margin: float = 0.0, tta: int = 1) -> ValidationResult:
     """Metrics of ``model`` on labelled ``micrographs`` and the threshold it should pick with
     (picks closer than ``edge_margin`` original pixels to an edge are dropped first, as
     ``selfpick pick`` will drop them)."""
     preds = predict_micrographs(model, micrographs, radius_model, device, min_distance, amp,
                                 desc=f"Validating ({split})", progress=progress,
-                                edge_margin=edge_margin)
+                                edge_margin=edge_margin, tta=tta)
     radius = particle_diameter / 2
     items = []
     for p, m in zip(preds, micrographs):
