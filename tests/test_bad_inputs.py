@@ -556,5 +556,6 @@ def test_every_numeric_setting_declares_its_range():
     from selfpick.config import _base_type, _field_index
 
     unbounded = sorted(name for name, (_, f) in _field_index().items()
-                       if _base_type(f.type)[0] in (int, float) and "bounds" not in f.metadata)
+                       if _base_type(f.type)[0] in (int, float) and "bounds" not in f.metadata
+                       and not f.metadata.get("choices"))
     assert unbounded == ["seed"]
