@@ -321,8 +321,8 @@ def _coerce(key: str, value: Any, f: dataclasses.Field, source: Any) -> Any:
         )
     choices = f.metadata.get("choices")
     if choices and value not in choices:
-        raise InputError(f"setting {key!r} must be one of {', '.join(map(str, choices))}, got {value!r}",
-                         source)
+        allowed = ", ".join(map(str, choices))
+        raise InputError(f"setting {key!r} must be one of {allowed}, got {value!r}", source)
     _check_range(key, value, f, source)
     return value
 
