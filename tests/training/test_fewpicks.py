@@ -36,6 +36,7 @@ def test_few_picks_on_one_micrograph_train_validate_on_a_strip_and_report(tiny_d
     assert stage0["validation"]["particle"]["n_true"] == in_strip
     log = (out / "training.log").read_text()
     assert "held-out strip" in log
+    assert "average 8 views of each micrograph" in log  # the default test-time augmentation
     # 12 of ~30 particles: the supervised stage goes on with the positive-unlabelled loss
     # when validation sees the picks as clearly partial, and says which model it kept
     pu = stage0["positive_unlabelled"]

@@ -401,6 +401,9 @@ def _setup(cfg: Config, out: Path, continuing: bool, argv: list[str], progress: 
             log.info("edge margin %.0f px (how close to an edge the labelled particles come, "
                      "at most one diameter): picks closer to an edge will be dropped; "
                      "--edge-margin sets it", cfg.pick.edge_margin)
+    if is_main and cfg.pick.tta > 1:
+        log.info("validation, pseudo-labels and picking average %d views of each micrograph "
+                 "(flips and transposes; --tta 1 for one)", cfg.pick.tta)
     val_mics = ts.subset("val")
     val_split = "val"
     if not val_mics:
