@@ -181,6 +181,10 @@ class SelfTrainConfig:
                                            "self-training learns from unlabelled particles")
 
 
+# Views test-time augmentation may average (see selfpick.picking.inference.TTA_TRANSFORMS).
+TTA_CHOICES = (1, 2, 4, 8)
+
+
 @dataclass
 class PickConfig:
     threshold: float | None = opt(None, "score threshold for picks (default: the one the model "
@@ -195,7 +199,7 @@ class PickConfig:
                    "flips and transposes of each micrograph (1 = off, 2, 4 or 8). 8 ranked "
                    "particles better on both real data sets, at 8 times the network time; "
                    "used in validation and self-training too, and saved with the model",
-                   choices=(1, 2, 4, 8))
+                   choices=TTA_CHOICES)
 
 
 @dataclass

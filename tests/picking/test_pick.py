@@ -474,6 +474,9 @@ def test_the_model_s_views_are_used_and_tta_can_be_changed(model_path, tiny_data
     pick(model_path, tiny_data.micrographs, out, _opts(fmt="csv", tta=1, threshold=0.0),
          progress=False)
     one = coordio.read_coordinates(out / "picks.csv", "csv")
+    import json
+
+    assert json.loads((out / "pick_summary.json").read_text())["views_averaged"] == 1
     name = micrograph_name(tiny_data.micrographs[0])
     mine = one[one["micrograph"] == name]
     want = reference[name]

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 
+from selfpick.config import TTA_CHOICES
 from selfpick.io.coords import FORMATS
 
 
@@ -83,7 +84,7 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         "with torch on the picking device, 'cpu' = with NumPy/SciPy; auto = "
                         "the GPU when picking on one (the same result up to float rounding; "
                         "the CPUs then only read files), else the CPU (default: auto)")
-    parser.add_argument("--tta", type=int, choices=(1, 2, 4, 8), default=None,
+    parser.add_argument("--tta", type=int, choices=TTA_CHOICES, default=None,
                         help="test-time augmentation: views of each micrograph (flips, "
                         "transposes) whose network outputs are averaged; more views rank "
                         "particles better and cost that many times the network time "

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from selfpick.config import TTA_CHOICES
+
 log = logging.getLogger(__name__)
 
 # Whole-image inference up to this many model pixels; beyond it, tiles bound the memory.
@@ -36,7 +38,6 @@ MARGIN_PER_STRIDE = 9
 TTA_TRANSFORMS = ((False, False, False), (False, True, True), (False, True, False),
                   (False, False, True), (True, False, False), (True, True, True),
                   (True, True, False), (True, False, True))
-TTA_CHOICES = (1, 2, 4, 8)
 
 
 def _round_up(n: int, m: int) -> int:

@@ -39,11 +39,12 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from selfpick.config import TTA_CHOICES
 from selfpick.errors import InputError, SelfpickError
 from selfpick.io import coords as coordio
 from selfpick.io.micrographs import list_micrographs, micrograph_name, read_micrograph
 from selfpick.model.modelfile import SavedModel, load_model
-from selfpick.picking.inference import TTA_CHOICES, predict_probabilities, predict_probability
+from selfpick.picking.inference import predict_probabilities, predict_probability
 from selfpick.picking.peaks import micrograph_peaks
 from selfpick.preprocess import Scale, preprocess, preprocess_tensor, runs_on_tensors
 from selfpick.utils.atomic import atomic_write_json, ensure_writable_dir
@@ -512,7 +513,7 @@ def pick(model_path: str | os.PathLike, images, output: str | os.PathLike,
         atomic_write_text(out / f"failed_micrographs{shard_tag}.txt",
                           "\n".join(summary.failed) + "\n")
     atomic_write_json(out / f"pick_summary{shard_tag}.json", {
-        "model": str(model_path), "threshold": threshold, "format": fmt,
+        "model": str(model_path), "threshold": threshold, "views_averaged": tta, "format": fmt,
         "per_micrograph": per_mic, "flip_y": opts.flip_y, "shard": list(shard) if shard else None,
         "n_micrographs": summary.n_micrographs, "n_picks": summary.n_picks,
         "n_failed": summary.n_failed, "n_skipped": summary.n_skipped,

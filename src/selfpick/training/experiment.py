@@ -176,6 +176,16 @@ def _resolve_resume_config(out: Path, cfg: Config, explicit: set[str] | None) ->
     return saved
 
 
+def _validate(cfg: Config, model: torch.nn.Module, ts: TrainingSet,
+              val_mics: list[TrainingMicrograph], val_split: str, device: torch.device,
+              progress: bool) -> ValidationResult:
+    """:func:`validate` with the picking settings the model will be saved with (minimum
+    distance, edge margin, views averaged), so its threshold holds in ``selfpick pick``."""
+    return validate(model, val_mics, ts.particle_diameter, ts.radius_model, device, val_split,
+                    cfg.pick.min_distance, cfg.train.amp, progress, cfg.pick.edge_margin,
+                    cfg.pick.tta)
+
+
 def _pseudo_labels(k: int, cfg: Config, ts: TrainingSet, model: torch.nn.Module,
                    device: torch.device, val: ValidationResult, stage_dir: Path,
                    progress: bool) -> tuple[list[np.ndarray], PseudoLabelStats]:
@@ -278,9 +288,7 @@ def _positive_unlabelled(cfg: Config, train_model, model, val, pool, images, cro
     record = None
     keep_pu = False
     if dist.is_main():
-        pu_val = validate(model, val_mics, ts.particle_diameter, ts.radius_model, device,
-                          val_split, cfg.pick.min_distance, cfg.train.amp, progress,
-                          cfg.pick.edge_margin, cfg.pick.tta)
+        pu_val = _validate(cfg, model, ts, val_mics, val_split, device, progress)
         f_pn = selection_f1({"validation": val.metrics})
         f_pu = selection_f1({"validation": pu_val.metrics})
         keep_pu = f_pu >= f_pn
@@ -474,9 +482,7 @@ def _run_stages(cfg: Config, ts: TrainingSet, out: Path, device: torch.device,
             pool = ts.subset("train") + ts.subset("unlabeled")
             if is_main:
                 if prev_val is None:  # resumed: re-measure the previous stage on validation
-                    prev_val = validate(model, val_mics, ts.particle_diameter, ts.radius_model,
-                                        device, val_split, cfg.pick.min_distance, cfg.train.amp,
-                                        progress, cfg.pick.edge_margin, cfg.pick.tta)
+                    prev_val = _validate(cfg, model, ts, val_mics, val_split, device, progress)
                 targets, pl_stats = _pseudo_labels(k, cfg, ts, model, device, prev_val,
                                                    stage_dir, progress)
                 log.info("%s: %s", name, pl_stats.describe())
@@ -492,9 +498,7 @@ def _run_stages(cfg: Config, ts: TrainingSet, out: Path, device: torch.device,
                               lr=stage_learning_rate(cfg.train, k))
         val = None
         if is_main:
-            val = validate(model, val_mics, ts.particle_diameter, ts.radius_model, device,
-                           val_split, cfg.pick.min_distance, cfg.train.amp, progress,
-                           cfg.pick.edge_margin, cfg.pick.tta)
+            val = _validate(cfg, model, ts, val_mics, val_split, device, progress)
         pu = None
         if k == 0 and cfg.loss.pu_epochs > 0:
             val, pu, extra = _positive_unlabelled(cfg, train_model, model, val, pool, images,
