@@ -172,6 +172,13 @@ class SelfTrainConfig:
     calibrate_thresholds: bool = opt(True, "in 'peaks' mode, express thresholds relative to the "
                                      "validation-chosen picking threshold so the schedule works "
                                      "with the model's real calibration")
+    unpicked_pixels: str = opt("background", "what self-training teaches about the pixels the "
+                               "model scores far below its threshold: 'background' (focal + "
+                               "Dice loss), or 'unlabelled' (positive-unlabelled loss whose "
+                               "unlabelled pixels hold the particles the model has not picked "
+                               "yet, their share estimated from the validation picks), so a "
+                               "particle the model misses is not taught as background",
+                               choices=("background", "unlabelled"))
     early_stop_patience: int = opt(0, "stop self-training after this many iterations without a "
                                    "better validation particle F1 (0 = never)", bounds=(0, None))
     self_train_complete_labels: bool = opt(False, "self-train even when the validation labels "
@@ -274,10 +281,12 @@ SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
 # What a saved configuration that lacks a setting meant when it was written: the U-Net's
 # decoder concatenated its skip connections until the "skip" setting was added, and it read
 # the model image directly until "input_stride" was, and self-training ran whatever the
-# labels' completeness until "self_train_complete_labels" was added, and picked without
+# labels' completeness until "self_train_complete_labels" was added, and taught the pixels
+# its model scored low as background until "unpicked_pixels" was, and picked without
 # test-time augmentation (its threshold was chosen that way) until "tta" was added.
 SAVED_BEFORE: dict[str, dict[str, Any]] = {"model": {"skip": "concat", "input_stride": 1},
-                                            "selftrain": {"self_train_complete_labels": True},
+                                            "selftrain": {"self_train_complete_labels": True,
+                                                          "unpicked_pixels": "background"},
                                             "loss": {"pu_epochs": 0},
                                             "pick": {"tta": 1}}
 

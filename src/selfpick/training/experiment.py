@@ -35,7 +35,7 @@ import torch
 
 from selfpick.config import Config, load_config_file
 from selfpick.errors import OutputError, SelfpickError
-from selfpick.model.losses import CombinedLoss
+from selfpick.model.losses import CombinedLoss, PULoss
 from selfpick.model.modelfile import load_model, save_model
 from selfpick.model.unet import UNet
 from selfpick.training import distributed as dist
@@ -43,13 +43,14 @@ from selfpick.training.data import (CropDataset, TrainingMicrograph, TrainingSet
                                     crop_side, default_crops_per_epoch, label_edge_margin,
                                     load_training_set)
 from selfpick.training.loop import stage_learning_rate, train_stage
+from selfpick.targets import NEGATIVE, POSITIVE
 from selfpick.training.pseudolabels import (PseudoLabelStats, calibrated_background,
-                                            estimated_precision, label_shares, listing_floor,
-                                            peak_pseudo_labels,
+                                            estimated_particles, estimated_precision,
+                                            label_shares, listing_floor, peak_pseudo_labels,
                                             pixel_pseudo_labels, score_for_precision,
-                                            threshold_schedule)
-from selfpick.training.validate import (COMPLETE_LABELS, ValidationResult, predict_micrographs,
-                                        validate)
+                                            threshold_schedule, unlabelled_share)
+from selfpick.training.validate import (CANDIDATE_FLOOR, COMPLETE_LABELS, ValidationResult,
+                                        predict_micrographs, validate)
 from selfpick.utils.atomic import atomic_path, atomic_write_json, ensure_writable_dir
 from selfpick.utils.runtime import resolve_device, seed_everything, tune_allocator, versions
 
@@ -154,7 +155,7 @@ def _completed(out: Path, root: dict, k: int) -> dict | None:
 # Settings a resumed run may change; everything else is the experiment's own.
 RESUME_CHANGEABLE = frozenset({"self_training_iterations", "retrain_epochs", "device", "workers",
                                "early_stop_patience", "multi_gpu", "output_dir", "amp",
-                               "self_train_complete_labels"})
+                               "self_train_complete_labels", "unpicked_pixels"})
 
 
 def _resolve_resume_config(out: Path, cfg: Config, explicit: set[str] | None) -> Config:
@@ -194,6 +195,7 @@ def _pseudo_labels(k: int, cfg: Config, ts: TrainingSet, model: torch.nn.Module,
     pos, neg = threshold_schedule(k, st)
     pool = ts.subset("train") + ts.subset("unlabeled")
     peaks = st.pseudo_label_mode == "peaks"
+    pu = st.unpicked_pixels == "unlabelled"
     pos_score, background = None, neg
     if peaks and st.calibrate_thresholds:
         pos_score = score_for_precision(val.rank_scores, val.local_precision, pos)
@@ -208,12 +210,17 @@ def _pseudo_labels(k: int, cfg: Config, ts: TrainingSet, model: torch.nn.Module,
         background = calibrated_background(neg, val.threshold)
     elif peaks:
         pos_score = pos
+    floor = listing_floor(pos_score, background if peaks else None)
+    if pu:
+        # every peak the model would pick is listed: their number estimates the particles
+        background = None
+        floor = max(min(floor, val.threshold), CANDIDATE_FLOOR)
     preds = predict_micrographs(model, pool, ts.radius_model, device, cfg.pick.min_distance,
-                                floor=listing_floor(pos_score, background if peaks else None),
+                                floor=floor,
                                 amp=cfg.train.amp, desc=f"Pseudo-labelling (iteration {k})",
                                 progress=progress, edge_margin=cfg.pick.edge_margin,
                                 tta=cfg.pick.tta)
-    maps, n_new = [], 0
+    maps, n_new, n_labelled, n_picks = [], 0, 0, 0
     r = ts.radius_model
     for m, p in zip(pool, preds):
         if peaks:
@@ -221,18 +228,28 @@ def _pseudo_labels(k: int, cfg: Config, ts: TrainingSet, model: torch.nn.Module,
                                     pos_score, background, cfg.targets)
             confident = p.xy_model[p.scores >= pos_score]
         else:
-            pl = pixel_pseudo_labels(p.prob, m.gt_target, m.labelled, pos, neg)
+            pl = pixel_pseudo_labels(p.prob, m.gt_target, m.labelled, pos, neg, unlabelled=pu)
             confident = p.xy_model[p.prob[p.xy_model[:, 1].astype(int),
                                           p.xy_model[:, 0].astype(int)] >= pos]
         n_new += _count_new(confident, m.truth_model(), r)
+        n_labelled += len(m.truth_model()) if m.labelled else 0
+        n_picks += int(np.count_nonzero(p.scores >= val.threshold))
         maps.append(pl)
     n, sp, sn, si = label_shares(maps)
+    prior = None
+    if pu:
+        pm = val.metrics["particle"]
+        at = pm.get("corrected", pm)
+        n_est = estimated_particles(n_picks, at["precision"], pm["recall"])
+        n_pos_px = sum(int(np.count_nonzero(pl == POSITIVE)) for pl in maps)
+        n_unl_px = sum(int(np.count_nonzero(pl == NEGATIVE)) for pl in maps)
+        prior = unlabelled_share(n_pos_px, n_unl_px, n_labelled + n_new, n_est)
     finite = pos_score is not None and np.isfinite(pos_score)
     stats = PseudoLabelStats(st.pseudo_label_mode, pos, neg, pos_score if finite else None,
                              len(pool), n, sp, sn, si, n_new,
                              background if peaks else None,
                              estimated_precision(val.rank_scores, val.local_precision, pos_score)
-                             if peaks else None)
+                             if peaks else None, prior)
     save_dir = stage_dir / "pseudo_labels"
     save_dir.mkdir(parents=True, exist_ok=True)
     for m, pl in zip(pool, maps):
@@ -264,7 +281,7 @@ def _positive_unlabelled(cfg: Config, train_model, model, val, pool, images, cro
     (rank 0 decides, every rank follows). Returns ``(validation, record for metrics.json or
     None, history of the extra epochs)``.
     """
-    from selfpick.model.losses import PULoss, unlabelled_prior
+    from selfpick.model.losses import unlabelled_prior
     from selfpick.training.loop import StageHistory
 
     c = val.completeness if val is not None else 1.0
@@ -493,7 +510,11 @@ def _run_stages(cfg: Config, ts: TrainingSet, out: Path, device: torch.device,
         length = cfg.train.crops_per_epoch or default_crops_per_epoch(images, crop)
         dataset = CropDataset(images, targets, crop, length, seed=cfg.train.seed * 1000 + k)
         epochs = cfg.train.initial_epochs if k == 0 else cfg.train.retrain_epochs
-        history = train_stage(train_model, dataset, cfg.train, epochs, device, loss_fn, name,
+        stage_loss = loss_fn
+        if k > 0 and cfg.selftrain.unpicked_pixels == "unlabelled":
+            prior = pl_stats.unlabelled_prior if is_main else 0.0
+            stage_loss = PULoss(dist.broadcast_number(prior or 0.0))
+        history = train_stage(train_model, dataset, cfg.train, epochs, device, stage_loss, name,
                               stage_dir / "checkpoint.pt", progress,
                               lr=stage_learning_rate(cfg.train, k))
         val = None

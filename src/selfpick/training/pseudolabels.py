@@ -92,8 +92,12 @@ def merge_with_ground_truth(pseudo: np.ndarray, gt_target: np.ndarray,
 
 
 def pixel_pseudo_labels(prob: np.ndarray, gt_target: np.ndarray, labelled: bool,
-                        pos: float, neg: float) -> np.ndarray:
-    """The original scheme: threshold the probability map ``(h, w)`` pixel by pixel."""
+                        pos: float, neg: float, unlabelled: bool = False) -> np.ndarray:
+    """The original scheme: threshold the probability map ``(h, w)`` pixel by pixel.
+    ``unlabelled``: every pixel below ``pos`` is 0 = unlabelled (for the PU loss)."""
+    if unlabelled:
+        return merge_with_ground_truth(np.where(prob >= pos, POSITIVE, NEGATIVE)
+                                       .astype(np.int8), gt_target, labelled)
     pl = np.full(prob.shape, IGNORE, dtype=np.int8)
     pl[prob >= pos] = POSITIVE
     pl[prob <= neg] = NEGATIVE
@@ -102,7 +106,7 @@ def pixel_pseudo_labels(prob: np.ndarray, gt_target: np.ndarray, labelled: bool,
 
 def peak_pseudo_labels(prob: np.ndarray, peaks_xy: np.ndarray, peak_scores: np.ndarray,
                        gt_target: np.ndarray, labelled: bool, radius: float,
-                       pos_score: float, neg: float, tcfg: TargetConfig) -> np.ndarray:
+                       pos_score: float, neg: float | None, tcfg: TargetConfig) -> np.ndarray:
     """Particle-level pseudo-labels for one micrograph.
 
     Parameters
@@ -111,15 +115,22 @@ def peak_pseudo_labels(prob: np.ndarray, peaks_xy: np.ndarray, peak_scores: np.n
     peaks_xy, peak_scores: detected peaks ``(N, 2)`` in model pixels and their scores.
     radius: particle radius in model pixels.
     pos_score: peaks with score >= this become pseudo-particles; other peaks are ignored disks.
-    neg: pixels with probability <= neg and no peak nearby are background.
+    neg: pixels with probability <= neg and no peak nearby are background. ``None``: no
+        pixel is background -- every pixel outside the pseudo-particles' disks and rings is
+        0 = *unlabelled*, for :class:`~selfpick.model.losses.PULoss`, uncertain peaks
+        included (they are the unlabelled particles that loss expects).
     """
-    pl = np.where(prob <= neg, NEGATIVE, IGNORE).astype(np.int8)
     peaks_xy = np.asarray(peaks_xy).reshape(-1, 2)
     sure = peak_scores >= pos_score
     r_pos = max(1.0, tcfg.positive_radius * radius)
     r_ign = max(r_pos, tcfg.ignore_radius * radius)
-    # An uncertain peak may be a particle the model has not learnt yet: never call it background.
-    paint_disks(pl, peaks_xy[~sure], max(r_ign, radius), IGNORE)
+    if neg is None:
+        pl = np.full(prob.shape, NEGATIVE, dtype=np.int8)
+    else:
+        pl = np.where(prob <= neg, NEGATIVE, IGNORE).astype(np.int8)
+        # An uncertain peak may be a particle the model has not learnt yet: never call it
+        # background.
+        paint_disks(pl, peaks_xy[~sure], max(r_ign, radius), IGNORE)
     paint_disks(pl, peaks_xy[sure], r_ign, IGNORE)
     paint_disks(pl, peaks_xy[sure], r_pos, POSITIVE)
     return merge_with_ground_truth(pl, gt_target, labelled)
@@ -140,6 +151,29 @@ def score_for_precision(rank_scores: np.ndarray, local_precision: np.ndarray,
         return None
     end = below[0] if len(below) else len(rank_scores)
     return float(rank_scores[end - 1])
+
+
+def estimated_particles(n_picks: int, precision: float, recall: float) -> float:
+    """Real particles on micrographs where a model makes ``n_picks`` picks at a threshold
+    with validation ``precision`` (completeness-corrected) and ``recall``: the true picks
+    ``n_picks * precision`` are a share ``recall`` of them. Labels drawn at random from the
+    particles make the recall measured on them the recall on all particles."""
+    if n_picks <= 0 or precision <= 0:
+        return 0.0
+    return float(n_picks * precision / max(recall, 0.05))
+
+
+def unlabelled_share(n_positive_pixels: int, n_unlabelled_pixels: int, n_known: float,
+                     n_estimated: float) -> float:
+    """Share of particle pixels among the unlabelled pixels of pseudo-label maps (the PU
+    loss's prior) when ``n_known`` particles (labelled or pseudo) have disks of
+    ``n_positive_pixels`` in all, and ``n_estimated`` particles are thought to be there:
+    the missing ones are taken to have disks of the same mean size. Capped at 0.5, like
+    :func:`~selfpick.model.losses.unlabelled_prior`; 0 when none is missing."""
+    if n_known <= 0 or n_unlabelled_pixels <= 0 or n_estimated <= n_known:
+        return 0.0
+    hidden_pixels = (n_estimated - n_known) * n_positive_pixels / n_known
+    return float(min(0.5, hidden_pixels / n_unlabelled_pixels))
 
 
 @dataclass
@@ -163,6 +197,9 @@ class PseudoLabelStats:
     # least positive_score (completeness-corrected local precision, averaged) -- what the
     # pseudo-particles are expected to be worth
     estimated_precision: float | None = None
+    # unpicked_pixels='unlabelled': no pixel is background; the PU loss takes this share of
+    # the unlabelled pixels to be particles the model has not picked
+    unlabelled_prior: float | None = None
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -174,13 +211,17 @@ class PseudoLabelStats:
             txt += f", score >= {self.positive_score:.3f}"
         if self.background_level is not None and self.background_level != self.negative_threshold:
             txt += f", background below {self.background_level:.4f}"
+        neg = "background" if self.unlabelled_prior is None else "unlabelled"
         txt += (f"): {self.share_positive:.1%} positive, {self.share_negative:.1%} "
-                f"background, {self.share_ignore:.1%} ignored pixels; "
+                f"{neg}, {self.share_ignore:.1%} ignored pixels; "
                 f"{self.n_pseudo_particles} pseudo-particles added on "
                 f"{self.n_micrographs} micrographs")
         if self.estimated_precision is not None:
             txt += (f" (estimated precision {self.estimated_precision:.0%} from the validation "
                     f"picks above the same score)")
+        if self.unlabelled_prior is not None:
+            txt += (f"; positive-unlabelled loss, {self.unlabelled_prior:.1%} of the unlabelled "
+                    f"pixels taken to be particles not yet picked")
         return txt
 
 
