@@ -78,3 +78,26 @@ def test_partial_picks_continue_the_supervised_stage_with_the_pu_loss(tiny_data,
     assert pu["validation_f1_after"] >= 0 and pu["validation_f1_before"] >= 0
     assert len(result.stages[0]["training"]) and not (out / SUPERVISED / "checkpoint_pu.pt").exists()
     assert "positive-unlabelled loss" in (out / "training.log").read_text()
+
+
+def test_self_training_with_unpicked_pixels_unlabelled(tiny_data, tmp_path):
+    # 12 picks on one micrograph, self-training with the PU loss: no pixel is background,
+    # the prior comes from the estimated particle count, and metrics.json and the log say so
+    coords = json.loads((tiny_data.output_dir / "labels" / "coordinates.json").read_text())
+    only = sorted(coords)[0]
+    cfile = tmp_path / "picks.json"
+    cfile.write_text(json.dumps({only: coords[only][:12]}))
+    out = tmp_path / "exp"
+    cfg = tiny_config(tiny_data.output_dir, out, coords_file=str(cfile),
+                      self_training_iterations=1, unpicked_pixels="unlabelled")
+    result = run_training(cfg, progress=False)
+    it1 = result.stages[1]
+    pl = it1["pseudo_labels"]
+    assert 0.0 <= pl["unlabelled_prior"] <= 0.5 and pl["background_level"] is None
+    assert it1["training"]["loss"] == "positive-unlabelled"
+    assert result.stages[0]["training"]["loss"] == "focal + Dice"
+    maps = [np.load(f) for f in sorted((out / "iteration_1_selftrain" / "pseudo_labels")
+                                       .glob("*.npy"))]
+    assert len(maps) == 4 and all(set(np.unique(m)) <= {-1, 0, 1} for m in maps)
+    assert "of the unlabelled pixels taken to be particles not yet picked" in \
+        (out / "training.log").read_text()

@@ -8,11 +8,11 @@ import pytest
 from selfpick.config import Config, SelfTrainConfig, TargetConfig
 from selfpick.targets import IGNORE, NEGATIVE, POSITIVE, make_target
 from selfpick.training.pseudolabels import (BACKGROUND_FRACTION, PseudoLabelStats,
-                                            calibrated_background, estimated_precision,
-                                            label_shares, listing_floor,
+                                            calibrated_background, estimated_particles,
+                                            estimated_precision, label_shares, listing_floor,
                                             merge_with_ground_truth, peak_pseudo_labels,
                                             pixel_pseudo_labels, score_for_precision,
-                                            threshold_schedule)
+                                            threshold_schedule, unlabelled_share)
 
 
 def _st(**kw) -> SelfTrainConfig:
@@ -148,6 +148,54 @@ def test_peaks_mode_confident_peaks_become_particles_uncertain_ones_are_ignored(
     np.testing.assert_array_equal(pl[far & (prob > 0.05)], IGNORE)
 
 
+def test_peaks_mode_without_background_leaves_every_other_pixel_unlabelled():
+    # unpicked_pixels='unlabelled': 0 means "unlabelled" for the PU loss, so pixels the model
+    # scores low are not background and an uncertain peak is one of the unlabelled particles
+    shape, r = (48, 64), 6.0
+    tcfg = TargetConfig(positive_radius=0.5, ignore_radius=1.0)
+    prob = np.full(shape, 0.01, dtype=np.float32)
+    prob[:, 56:] = 0.3
+    peaks = np.array([[15.0, 20.0], [40.0, 24.0]])
+    gt = np.full(shape, IGNORE, dtype=np.int8)
+    pl = peak_pseudo_labels(prob, peaks, np.array([0.9, 0.3]), gt, labelled=False, radius=r,
+                            pos_score=0.5, neg=None, tcfg=tcfg)
+    sure = _dist(shape, 15, 20)
+    np.testing.assert_array_equal(pl[sure <= 3], POSITIVE)
+    np.testing.assert_array_equal(pl[(sure > 3) & (sure <= 6)], IGNORE)
+    np.testing.assert_array_equal(pl[sure > 6], NEGATIVE)  # uncertain peak and band included
+
+    # labelled micrograph: ground truth still wins
+    gt = make_target(shape, np.array([[50.0, 10.0]]), r, 0.5, 1.0)
+    pl = peak_pseudo_labels(prob, peaks, np.array([0.9, 0.3]), gt, labelled=True, radius=r,
+                            pos_score=0.5, neg=None, tcfg=tcfg)
+    np.testing.assert_array_equal(pl[gt == POSITIVE], POSITIVE)
+    np.testing.assert_array_equal(pl[gt == IGNORE], IGNORE)
+
+
+def test_pixel_mode_without_background():
+    prob = np.array([[0.0, 0.04, 0.5, 0.97]], dtype=np.float32)
+    gt = np.zeros_like(prob, dtype=np.int8)
+    pl = pixel_pseudo_labels(prob, gt, labelled=False, pos=0.95, neg=0.05, unlabelled=True)
+    np.testing.assert_array_equal(pl, [[NEGATIVE, NEGATIVE, NEGATIVE, POSITIVE]])
+
+
+def test_estimated_particles_from_picks_precision_and_recall():
+    assert estimated_particles(100, 0.8, 0.5) == pytest.approx(160.0)
+    assert estimated_particles(0, 0.8, 0.5) == 0.0
+    assert estimated_particles(10, 0.0, 0.5) == 0.0
+    # a recall of 0 measured on a handful of labels must not give infinity
+    assert np.isfinite(estimated_particles(10, 0.9, 0.0))
+
+
+def test_unlabelled_share_is_the_missing_particles_pixels():
+    # 100 known particles with 2,000 disk pixels; 300 thought to be there: the missing 200
+    # take 4,000 pixels of the 40,000 unlabelled ones
+    assert unlabelled_share(2000, 40000, 100, 300) == pytest.approx(0.1)
+    assert unlabelled_share(2000, 40000, 100, 90) == 0.0  # none missing
+    assert unlabelled_share(2000, 40000, 0, 300) == 0.0  # nothing to size a disk by
+    assert unlabelled_share(2000, 1000, 100, 10 ** 6) == 0.5  # capped like the PU prior
+
+
 def test_peaks_mode_a_confident_peak_next_to_an_uncertain_one_stays_positive():
     shape, r = (40, 40), 6.0
     prob = np.zeros(shape, dtype=np.float32)
@@ -258,3 +306,8 @@ def test_label_shares_and_stats_description():
     text = stats.describe()
     assert "background below 0.0040" in text and "estimated precision 93%" in text
     assert stats.as_dict()["estimated_precision"] == 0.93
+    assert "positive-unlabelled" not in text and "50.0% background" in text
+    stats = PseudoLabelStats("peaks", 0.95, 0.05, 0.42, 2, n, sp, sn, si, 7, None, 0.93, 0.062)
+    text = stats.describe()
+    assert "50.0% unlabelled" in text and "6.2% of the unlabelled pixels" in text
+    assert stats.as_dict()["unlabelled_prior"] == 0.062

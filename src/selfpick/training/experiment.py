@@ -535,6 +535,8 @@ def _run_stages(cfg: Config, ts: TrainingSet, out: Path, device: torch.device,
                 "label_completeness": val.completeness,
                 "training": {"epochs": epochs, "crops_per_epoch": length, "crop_size": crop,
                              "micrographs": len(pool),
+                             "loss": ("positive-unlabelled" if isinstance(stage_loss, PULoss)
+                                      else "focal + Dice"),
                              "final_loss": history.epochs[-1]["loss"] if history.epochs else None,
                              "seconds": round(history.seconds, 2)},
                 "pseudo_labels": pl_stats.as_dict() if pl_stats else None,
