@@ -37,9 +37,9 @@ def test_flat_and_nested_keys():
 
 def test_dashes_work_like_underscores():
     c = Config()
-    c.update({"initial-epochs": 4, "train": {"batch-size": 3}, "self-training-iterations": 1})
+    c.update({"initial-epochs": 4, "train": {"batch-size": 3}, "self-training-iterations": 3})
     assert (c.train.initial_epochs, c.train.batch_size) == (4, 3)
-    assert c.selftrain.self_training_iterations == 1
+    assert c.selftrain.self_training_iterations == 3
 
 
 def test_int_is_accepted_for_float_and_stored_as_float():

@@ -9,6 +9,7 @@ from selfpick.config import Config, SelfTrainConfig, TargetConfig
 from selfpick.targets import IGNORE, NEGATIVE, POSITIVE, make_target
 from selfpick.training.pseudolabels import (BACKGROUND_FRACTION, PseudoLabelStats,
                                             calibrated_background, estimated_particles,
+                                            hidden_particles,
                                             estimated_precision, label_shares, listing_floor,
                                             merge_with_ground_truth, peak_pseudo_labels,
                                             pixel_pseudo_labels, score_for_precision,
@@ -150,7 +151,7 @@ def test_peaks_mode_confident_peaks_become_particles_uncertain_ones_are_ignored(
 
 def test_peaks_mode_without_background_leaves_every_other_pixel_unlabelled():
     # unpicked_pixels='unlabelled': 0 means "unlabelled" for the PU loss, so pixels the model
-    # scores low are not background and an uncertain peak is one of the unlabelled particles
+    # scores low are not background; uncertain peaks stay ignored
     shape, r = (48, 64), 6.0
     tcfg = TargetConfig(positive_radius=0.5, ignore_radius=1.0)
     prob = np.full(shape, 0.01, dtype=np.float32)
@@ -162,7 +163,9 @@ def test_peaks_mode_without_background_leaves_every_other_pixel_unlabelled():
     sure = _dist(shape, 15, 20)
     np.testing.assert_array_equal(pl[sure <= 3], POSITIVE)
     np.testing.assert_array_equal(pl[(sure > 3) & (sure <= 6)], IGNORE)
-    np.testing.assert_array_equal(pl[sure > 6], NEGATIVE)  # uncertain peak and band included
+    unsure = _dist(shape, 40, 24)
+    np.testing.assert_array_equal(pl[unsure <= 6], IGNORE)  # taught neither way
+    np.testing.assert_array_equal(pl[(sure > 6) & (unsure > 6)], NEGATIVE)  # band included
 
     # labelled micrograph: ground truth still wins
     gt = make_target(shape, np.array([[50.0, 10.0]]), r, 0.5, 1.0)
@@ -188,12 +191,20 @@ def test_estimated_particles_from_picks_precision_and_recall():
 
 
 def test_unlabelled_share_is_the_missing_particles_pixels():
-    # 100 known particles with 2,000 disk pixels; 300 thought to be there: the missing 200
-    # take 4,000 pixels of the 40,000 unlabelled ones
-    assert unlabelled_share(2000, 40000, 100, 300) == pytest.approx(0.1)
-    assert unlabelled_share(2000, 40000, 100, 90) == 0.0  # none missing
+    # 100 known particles with 2,000 disk pixels; 200 more in the 40,000 unlabelled pixels
+    # take 4,000 of them
+    assert unlabelled_share(2000, 40000, 100, 200) == pytest.approx(0.1)
+    assert unlabelled_share(2000, 40000, 100, 0) == 0.0  # none missing
     assert unlabelled_share(2000, 40000, 0, 300) == 0.0  # nothing to size a disk by
     assert unlabelled_share(2000, 1000, 100, 10 ** 6) == 0.5  # capped like the PU prior
+
+
+def test_hidden_particles_are_those_the_model_does_not_pick():
+    # 1,000 particles, the model picks 80 % of them at its threshold: 200 lie outside its
+    # peaks, if at least that many carry no label or pseudo-label
+    assert hidden_particles(1000, 300, 0.8) == pytest.approx(200)
+    assert hidden_particles(1000, 900, 0.8) == pytest.approx(100)
+    assert hidden_particles(1000, 1200, 0.8) == 0.0
 
 
 def test_peaks_mode_a_confident_peak_next_to_an_uncertain_one_stays_positive():

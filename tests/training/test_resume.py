@@ -258,7 +258,7 @@ def test_resume_with_only_the_output_dir_of_a_finished_experiment_changes_nothin
         tiny_experiment, tmp_path, capsys):
     # The documented short form, `selfpick train --output-dir exp --resume`: the experiment's
     # own settings (config.json) apply; flags not given must not fall back to the defaults
-    # (self_training_iterations=2, retrain_epochs=10) and extend a finished experiment.
+    # and retrain or extend a finished experiment.
     exp = tmp_path / "exp"
     shutil.copytree(tiny_experiment.output_dir, exp)
     stages_before = _hashes(exp / SUPERVISED) | {

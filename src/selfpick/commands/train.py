@@ -26,12 +26,15 @@ without coordinates, or with --unlabeled-dir: they are used through pseudo-label
     corrected for it and self-training runs; below 0.5 the supervised stage also goes on
     for --pu-epochs (20) with a positive-unlabelled loss (unpicked particles are not
     background) and keeps the model that validates better;
-  - each self-training iteration turns confident peaks on every training and unlabelled
-    micrograph into pseudo-particles and retrains; best_model.pt is the stage that
-    validates best.
+  - self-training (--self-training-iterations, 1) turns confident peaks on every training
+    and unlabelled micrograph into pseudo-particles and retrains with a positive-unlabelled
+    loss: the other pixels are unlabelled, not background, a share of them (estimated from
+    the number of picks) taken to be particles not picked yet (--unpicked-pixels);
+    best_model.pt is the stage that validates best.
   training.log and metrics.json say for each stage the estimated completeness, the range of
   thresholds the validation labels cannot tell apart, whether the positive-unlabelled model
-  was kept, and how many pseudo-particles were added with their estimated precision;
+  was kept, how many pseudo-particles were added with their estimated precision and the
+  share of unlabelled pixels taken to be particles;
   selfpick report shows it.
 
 The experiment folder gets config.json, training.log, metrics.json, one folder per stage

@@ -46,6 +46,7 @@ from selfpick.training.loop import stage_learning_rate, train_stage
 from selfpick.targets import NEGATIVE, POSITIVE
 from selfpick.training.pseudolabels import (PseudoLabelStats, calibrated_background,
                                             estimated_particles, estimated_precision,
+                                            hidden_particles,
                                             label_shares, listing_floor, peak_pseudo_labels,
                                             pixel_pseudo_labels, score_for_precision,
                                             threshold_schedule, unlabelled_share)
@@ -243,7 +244,9 @@ def _pseudo_labels(k: int, cfg: Config, ts: TrainingSet, model: torch.nn.Module,
         n_est = estimated_particles(n_picks, at["precision"], pm["recall"])
         n_pos_px = sum(int(np.count_nonzero(pl == POSITIVE)) for pl in maps)
         n_unl_px = sum(int(np.count_nonzero(pl == NEGATIVE)) for pl in maps)
-        prior = unlabelled_share(n_pos_px, n_unl_px, n_labelled + n_new, n_est)
+        n_known = n_labelled + n_new
+        prior = unlabelled_share(n_pos_px, n_unl_px, n_known,
+                                 hidden_particles(n_est, n_known, pm["recall"]))
     finite = pos_score is not None and np.isfinite(pos_score)
     stats = PseudoLabelStats(st.pseudo_label_mode, pos, neg, pos_score if finite else None,
                              len(pool), n, sp, sn, si, n_new,

@@ -14,6 +14,14 @@ score gives at least 95 % precision on the validation micrographs"), so the sche
 same whatever the network's calibration.
 
 In both modes ground truth wins: labelled particles stay 1 and their rings stay ignored.
+
+With ``unpicked_pixels='unlabelled'`` (the default) no pixel is background: everything
+outside the pseudo-particles' disks and rings is 0 = *unlabelled*, and self-training uses the
+positive-unlabelled loss with the share of particle pixels among them estimated from the
+picks (:func:`estimated_particles`, :func:`unlabelled_share`). Teaching low-scored pixels as
+background taught the particles a weak model missed as background: on EMPIAR-10017 with 50
+picks on one micrograph it had 27 % of the real particles below the background level, and
+self-training lost ranking in all three draws (``bench/NOTES.md``).
 """
 
 from __future__ import annotations
@@ -116,9 +124,8 @@ def peak_pseudo_labels(prob: np.ndarray, peaks_xy: np.ndarray, peak_scores: np.n
     radius: particle radius in model pixels.
     pos_score: peaks with score >= this become pseudo-particles; other peaks are ignored disks.
     neg: pixels with probability <= neg and no peak nearby are background. ``None``: no
-        pixel is background -- every pixel outside the pseudo-particles' disks and rings is
-        0 = *unlabelled*, for :class:`~selfpick.model.losses.PULoss`, uncertain peaks
-        included (they are the unlabelled particles that loss expects).
+        pixel is background -- every pixel outside the peaks' disks and rings is
+        0 = *unlabelled*, for :class:`~selfpick.model.losses.PULoss`.
     """
     peaks_xy = np.asarray(peaks_xy).reshape(-1, 2)
     sure = peak_scores >= pos_score
@@ -128,9 +135,9 @@ def peak_pseudo_labels(prob: np.ndarray, peaks_xy: np.ndarray, peak_scores: np.n
         pl = np.full(prob.shape, NEGATIVE, dtype=np.int8)
     else:
         pl = np.where(prob <= neg, NEGATIVE, IGNORE).astype(np.int8)
-        # An uncertain peak may be a particle the model has not learnt yet: never call it
-        # background.
-        paint_disks(pl, peaks_xy[~sure], max(r_ign, radius), IGNORE)
+    # An uncertain peak may be a particle the model has not learnt yet, or one the curators
+    # left out on purpose: taught neither way.
+    paint_disks(pl, peaks_xy[~sure], max(r_ign, radius), IGNORE)
     paint_disks(pl, peaks_xy[sure], r_ign, IGNORE)
     paint_disks(pl, peaks_xy[sure], r_pos, POSITIVE)
     return merge_with_ground_truth(pl, gt_target, labelled)
@@ -163,16 +170,24 @@ def estimated_particles(n_picks: int, precision: float, recall: float) -> float:
     return float(n_picks * precision / max(recall, 0.05))
 
 
+def hidden_particles(n_estimated: float, n_known: float, recall: float) -> float:
+    """Particles in the unlabelled pixels of pseudo-label maps: of the ``n_estimated`` real
+    ones, those the model does not pick at its threshold (``1 - recall`` of them; the
+    picks it makes lie in positive or ignored disks), and never more than those without
+    a label or pseudo-label (``n_estimated - n_known``)."""
+    return float(max(0.0, min(n_estimated - n_known, n_estimated * (1.0 - recall))))
+
+
 def unlabelled_share(n_positive_pixels: int, n_unlabelled_pixels: int, n_known: float,
-                     n_estimated: float) -> float:
+                     n_hidden: float) -> float:
     """Share of particle pixels among the unlabelled pixels of pseudo-label maps (the PU
     loss's prior) when ``n_known`` particles (labelled or pseudo) have disks of
-    ``n_positive_pixels`` in all, and ``n_estimated`` particles are thought to be there:
-    the missing ones are taken to have disks of the same mean size. Capped at 0.5, like
-    :func:`~selfpick.model.losses.unlabelled_prior`; 0 when none is missing."""
-    if n_known <= 0 or n_unlabelled_pixels <= 0 or n_estimated <= n_known:
+    ``n_positive_pixels`` in all and ``n_hidden`` more lie in the unlabelled pixels, with
+    disks of the same mean size. Capped at 0.5, like
+    :func:`~selfpick.model.losses.unlabelled_prior`."""
+    if n_known <= 0 or n_unlabelled_pixels <= 0 or n_hidden <= 0:
         return 0.0
-    hidden_pixels = (n_estimated - n_known) * n_positive_pixels / n_known
+    hidden_pixels = n_hidden * n_positive_pixels / n_known
     return float(min(0.5, hidden_pixels / n_unlabelled_pixels))
 
 
