@@ -157,7 +157,8 @@ class SelfTrainConfig:
     self_training_iterations: int = opt(1, "self-training iterations after supervised "
                                         "training. One: on 12 few-pick runs of both real data "
                                         "sets a second iteration lost ranking (AP) on the "
-                                        "micrographs without labels in 10 of 12", bounds=(0, None))
+                                        "micrographs without labels in 10 or 11 of 12 "
+                                        "(with either loss)", bounds=(0, None))
     pseudo_label_mode: str = opt("peaks", "how pseudo-labels are made: 'peaks' adds disks at "
                                  "confident detected particles (robust), 'pixel' thresholds "
                                  "the probability map per pixel (the original script)",

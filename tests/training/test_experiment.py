@@ -98,9 +98,9 @@ def test_metrics_json_one_entry_per_stage_with_level_split_threshold(tiny_experi
     assert root["stages"][0]["pseudo_labels"] is None
     pl = root["stages"][1]["pseudo_labels"]
     assert (pl["positive_threshold"], pl["negative_threshold"]) == (0.95, 0.05)
-    # Background below the schedule's 0.05, and below half the supervised stage's threshold.
-    assert pl["background_level"] == pytest.approx(
-        min(0.05, 0.5 * root["stages"][0]["threshold"]))
+    # The default leaves unpicked pixels unlabelled: no background level, a PU prior instead.
+    assert pl["background_level"] is None and 0.0 <= pl["unlabelled_prior"] <= 0.5
+    assert root["stages"][1]["training"]["loss"] == "positive-unlabelled"
     assert pl["estimated_precision"] is None or 0.0 <= pl["estimated_precision"] <= 1.0
     assert pl["share_positive"] + pl["share_negative"] + pl["share_ignore"] == pytest.approx(1)
 
@@ -417,7 +417,8 @@ def test_complete_labels_end_training_after_the_supervised_stage(tiny_data, tmp_
     # Resuming with the override runs the self-training it skipped, and says so no more.
     cfg.selftrain.self_train_complete_labels = True
     cfg.selftrain.self_training_iterations = 1
-    run_training(cfg, resume=True, progress=False)
+    run_training(cfg, resume=True, progress=False,
+                 explicit={"self_train_complete_labels", "self_training_iterations"})
     root = _read(out / "metrics.json")
     assert [s["stage"] for s in root["stages"]] == STAGES
     assert "self_training_skipped" not in root

@@ -24,8 +24,9 @@ def test_few_picks_on_one_micrograph_train_validate_on_a_strip_and_report(tiny_d
     cfile = tmp_path / "picks.json"
     cfile.write_text(json.dumps({only: picks.tolist()}))
     out = tmp_path / "exp"
+    # (the older pseudo-background scheme here; the default is tested below)
     cfg = tiny_config(tiny_data.output_dir, out, coords_file=str(cfile),
-                      self_training_iterations=1)
+                      self_training_iterations=1, unpicked_pixels="background")
     result = run_training(cfg, progress=False)
 
     conf = json.loads((out / "config.json").read_text())
@@ -56,6 +57,11 @@ def test_few_picks_on_one_micrograph_train_validate_on_a_strip_and_report(tiny_d
     assert np.all(pl[(rows >= y0) & (rows < y1)] == IGNORE)
     assert result.stages[1]["pseudo_labels"]["n_micrographs"] == 4
     assert "n_pseudo_particles" in result.stages[1]["pseudo_labels"]
+    # background below the schedule's 0.05, and below half the supervised stage's threshold
+    assert result.stages[1]["pseudo_labels"]["background_level"] == pytest.approx(
+        min(0.05, 0.5 * stage0["threshold"]))
+    assert result.stages[1]["pseudo_labels"]["unlabelled_prior"] is None
+    assert result.stages[1]["training"]["loss"] == "focal + Dice"
 
     from selfpick.report.html import build_report
 
@@ -101,3 +107,9 @@ def test_self_training_with_unpicked_pixels_unlabelled(tiny_data, tmp_path):
     assert len(maps) == 4 and all(set(np.unique(m)) <= {-1, 0, 1} for m in maps)
     assert "of the unlabelled pixels taken to be particles not yet picked" in \
         (out / "training.log").read_text()
+
+    from selfpick.report.html import build_report
+
+    page = build_report(out, output=tmp_path / "report", device="cpu").read_text()
+    assert "unlabelled pixels taken to be particles" in page
+    assert f"{100 * pl['unlabelled_prior']:.1f}%" in page

@@ -550,9 +550,10 @@ def _pseudo_table(exp: Experiment) -> str:
     h = ['<table class="metrics"><thead><tr><th>stage</th><th>mode</th>'
          '<th>positive threshold</th><th>negative threshold</th><th>score threshold used</th>'
          '<th>background below</th>'
-         '<th>micrographs</th><th>pixels positive</th><th>pixels background</th>'
+         '<th>micrographs</th><th>pixels positive</th><th>pixels background / unlabelled</th>'
          '<th>pixels ignored</th><th>pseudo-particles added</th>'
-         '<th>estimated precision</th></tr></thead><tbody>']
+         '<th>estimated precision</th><th>unlabelled pixels taken to be particles</th>'
+         '</tr></thead><tbody>']
     for s in rows:
         pl = s["pseudo_labels"]
 
@@ -568,7 +569,8 @@ def _pseudo_table(exp: Experiment) -> str:
             f'<td>{pct(pl.get("share_positive"))}</td><td>{pct(pl.get("share_negative"))}</td>'
             f'<td>{pct(pl.get("share_ignore"))}</td>'
             f'<td>{_e(pl.get("n_pseudo_particles"))}</td>'
-            f'<td>{pct(pl.get("estimated_precision"))}</td></tr>')
+            f'<td>{pct(pl.get("estimated_precision"))}</td>'
+            f'<td>{pct(pl.get("unlabelled_prior"))}</td></tr>')
     h.append("</tbody></table>")
     h.append('<p class="note">Pseudo-labels of iteration k are made by the previous stage\'s '
              'model on the training and unlabelled micrographs (never the validation ones). '
@@ -579,7 +581,11 @@ def _pseudo_table(exp: Experiment) -> str:
              'all pseudo-label pixels; pseudo-particles added are confident detections farther '
              'than a particle radius from every labelled centre; their estimated precision is the '
              'share of real particles (corrected for incomplete labels) among the validation '
-             'picks at or above the same score.</p>')
+             'picks at or above the same score. With unpicked pixels "unlabelled" (the '
+             'default) no pixel is background: the stage trains with a positive-unlabelled '
+             'loss that takes the share in the last column of the unlabelled pixels to be '
+             'particles the model has not picked (estimated from its picks, validation '
+             'precision and recall).</p>')
     return "".join(h)
 
 
