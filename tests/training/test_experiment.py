@@ -443,6 +443,15 @@ def test_experiments_saved_before_the_setting_self_trained_regardless():
     assert old.selftrain.self_train_complete_labels is True
 
 
+def test_experiments_saved_before_unpicked_pixels_resume_with_pseudo_background():
+    from selfpick.config import Config
+
+    assert Config().selftrain.unpicked_pixels == "unlabelled"
+    old = Config.from_saved({"selftrain": {"self_training_iterations": 2}})
+    assert old.selftrain.unpicked_pixels == "background"
+    assert Config.from_saved(Config().to_dict()).selftrain.unpicked_pixels == "unlabelled"
+
+
 def test_a_resumed_experiment_stops_where_early_stopping_stopped_it(tiny_data, tmp_path,
                                                                      monkeypatch):
     # Validation F1 falls with every stage, so patience 1 stops after iteration 1.

@@ -38,12 +38,12 @@ from selfpick.errors import OutputError, SelfpickError
 from selfpick.model.losses import CombinedLoss, PULoss
 from selfpick.model.modelfile import load_model, save_model
 from selfpick.model.unet import UNet
+from selfpick.targets import NEGATIVE, POSITIVE
 from selfpick.training import distributed as dist
 from selfpick.training.data import (CropDataset, TrainingMicrograph, TrainingSet,
                                     crop_side, default_crops_per_epoch, label_edge_margin,
                                     load_training_set)
 from selfpick.training.loop import stage_learning_rate, train_stage
-from selfpick.targets import NEGATIVE, POSITIVE
 from selfpick.training.pseudolabels import (PseudoLabelStats, calibrated_background,
                                             estimated_particles, estimated_precision,
                                             hidden_particles,
