@@ -38,7 +38,6 @@ from selfpick.errors import OutputError, SelfpickError
 from selfpick.model.losses import CombinedLoss, PULoss
 from selfpick.model.modelfile import load_model, save_model
 from selfpick.model.unet import UNet
-from selfpick.targets import NEGATIVE, POSITIVE
 from selfpick.training import distributed as dist
 from selfpick.training.data import (CropDataset, TrainingMicrograph, TrainingSet,
                                     crop_side, default_crops_per_epoch, label_edge_margin,
@@ -232,8 +231,9 @@ def _pseudo_labels(k: int, cfg: Config, ts: TrainingSet, model: torch.nn.Module,
             pl = pixel_pseudo_labels(p.prob, m.gt_target, m.labelled, pos, neg, unlabelled=pu)
             confident = p.xy_model[p.prob[p.xy_model[:, 1].astype(int),
                                           p.xy_model[:, 0].astype(int)] >= pos]
-        n_new += _count_new(confident, m.truth_model(), r)
-        n_labelled += len(m.truth_model()) if m.labelled else 0
+        truth = m.truth_model()
+        n_new += _count_new(confident, truth, r)
+        n_labelled += len(truth) if m.labelled else 0
         n_picks += int(np.count_nonzero(p.scores >= val.threshold))
         maps.append(pl)
     n, sp, sn, si = label_shares(maps)
@@ -242,10 +242,9 @@ def _pseudo_labels(k: int, cfg: Config, ts: TrainingSet, model: torch.nn.Module,
         pm = val.metrics["particle"]
         at = pm.get("corrected", pm)
         n_est = estimated_particles(n_picks, at["precision"], pm["recall"])
-        n_pos_px = sum(int(np.count_nonzero(pl == POSITIVE)) for pl in maps)
-        n_unl_px = sum(int(np.count_nonzero(pl == NEGATIVE)) for pl in maps)
         n_known = n_labelled + n_new
-        prior = unlabelled_share(n_pos_px, n_unl_px, n_known,
+        # 0 (NEGATIVE) in these maps means unlabelled
+        prior = unlabelled_share(sp * n, sn * n, n_known,
                                  hidden_particles(n_est, n_known, pm["recall"]))
     finite = pos_score is not None and np.isfinite(pos_score)
     stats = PseudoLabelStats(st.pseudo_label_mode, pos, neg, pos_score if finite else None,

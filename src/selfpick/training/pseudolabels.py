@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from selfpick.config import SelfTrainConfig, TargetConfig
+from selfpick.model.losses import unlabelled_prior
 from selfpick.targets import IGNORE, NEGATIVE, POSITIVE, paint_disks
 from selfpick.training.validate import CANDIDATE_FLOOR, PSEUDO_LABEL_FLOOR
 
@@ -183,12 +184,14 @@ def unlabelled_share(n_positive_pixels: int, n_unlabelled_pixels: int, n_known: 
     """Share of particle pixels among the unlabelled pixels of pseudo-label maps (the PU
     loss's prior) when ``n_known`` particles (labelled or pseudo) have disks of
     ``n_positive_pixels`` in all and ``n_hidden`` more lie in the unlabelled pixels, with
-    disks of the same mean size. Capped at 0.5, like
-    :func:`~selfpick.model.losses.unlabelled_prior`."""
-    if n_known <= 0 or n_unlabelled_pixels <= 0 or n_hidden <= 0:
+    disks of the same mean size (capped at 0.5, see
+    :func:`~selfpick.model.losses.unlabelled_prior`)."""
+    if n_known <= 0 or n_hidden <= 0:
         return 0.0
-    hidden_pixels = n_hidden * n_positive_pixels / n_known
-    return float(min(0.5, hidden_pixels / n_unlabelled_pixels))
+    # the known particles are a share n_known / (n_known + n_hidden) of all: the same
+    # formula as the supervised stage's prior
+    return unlabelled_prior(n_positive_pixels, n_unlabelled_pixels,
+                            n_known / (n_known + n_hidden))
 
 
 @dataclass
