@@ -48,7 +48,16 @@ def test_few_picks_on_one_micrograph_train_validate_on_a_strip_and_report(tiny_d
         assert pu["completeness_before"] < 0.5
     if pu is not None:
         assert pu["kept"] in log
-    assert "threshold_uncertainty" in stage0["validation"]["particle"]
+    p0 = stage0["validation"]["particle"]
+    assert "threshold_uncertainty" in p0
+    # a strip of a few particles: the threshold sits in the middle of the uncertain range,
+    # the stage is ranked on the maximum
+    from selfpick.training.experiment import selection_f1
+    from selfpick.training.validate import FEW_VALIDATION_PARTICLES
+
+    assert p0["n_true"] < FEW_VALIDATION_PARTICLES and "middle" in p0["threshold_rule"]
+    assert stage0["threshold"] <= p0["threshold_uncertainty"]["range"][1]
+    assert selection_f1(stage0) >= p0.get("corrected", p0)["f1"]
 
     # nothing in the strip ever becomes a (pseudo-)label
     assert len(result.stages) == 2

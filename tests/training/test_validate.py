@@ -78,3 +78,26 @@ def test_threshold_uncertainty_is_the_run_of_thresholds_within_one_standard_erro
     assert threshold_uncertainty(np.ones(3), thresholds[:3], 0, 25)["f1_standard_error"] > 0.02
     c = threshold_curve(f1, f1, f1, thresholds, 3, points=3)
     assert thresholds[3] in c["threshold"] and len(c["threshold"]) == len(c["f1"]) == 4
+
+
+def test_few_validation_particles_pick_in_the_middle_of_the_uncertain_range():
+    """On a flat curve measured on a handful of particles the maximum sits at a random end;
+    below FEW_VALIDATION_PARTICLES the threshold moves to the middle of the range, while the
+    F1 stages are ranked by stays the maximum."""
+    from selfpick.training.validate import (FEW_VALIDATION_PARTICLES, choose_threshold,
+                                            middle_of_range)
+
+    thresholds = np.linspace(0.95, 0.05, 10)  # descending
+    # flat from 0.95 down to 0.35, maximum at the top end
+    f1 = np.array([0.80, 0.78, 0.79, 0.77, 0.78, 0.76, 0.77, 0.50, 0.30, 0.20])
+    k, kt, u, rule = choose_threshold(f1, thresholds, n_true=12)
+    assert k == 0 and u["range"] == [thresholds[6], thresholds[0]]
+    mid = (thresholds[6] + thresholds[0]) / 2
+    assert kt == middle_of_range(thresholds, u["range"]) == 3
+    assert thresholds[kt] >= mid > thresholds[kt + 1]
+    assert "middle" in rule and str(FEW_VALIDATION_PARTICLES) in rule
+    # enough particles: the maximum itself
+    k, kt, u, rule = choose_threshold(f1, thresholds, n_true=FEW_VALIDATION_PARTICLES)
+    assert k == kt == 0 and rule == "max F1"
+    # a range of one threshold stays where it is
+    assert middle_of_range(thresholds, [thresholds[4], thresholds[4]]) == 4

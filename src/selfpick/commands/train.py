@@ -23,7 +23,9 @@ without coordinates, or with --unlabeled-dir: they are used through pseudo-label
     trained on or pseudo-labelled (config.json: split.val_regions);
   - the share of particles you picked (label completeness) is estimated on validation from
     the picks the model is surest of; below 0.8 the threshold is chosen on precision
-    corrected for it and self-training runs; below 0.5 the supervised stage also goes on
+    corrected for it and self-training runs (with fewer than 30 labelled validation
+    particles, in the middle of the thresholds whose F1 is within one standard error of
+    the best, not at a random end of a flat curve); below 0.5 the supervised stage also goes on
     for --pu-epochs (20) with a positive-unlabelled loss (unpicked particles are not
     background) and keeps the model that validates better;
   - self-training (--self-training-iterations, 1) turns confident peaks on every training

@@ -535,10 +535,14 @@ def _metrics_table(rows: list[tuple[str, dict, dict, float | None]], best: str,
         h.append(f'<tr class="{"best" if is_best else ""}">' + "".join(cells) + "</tr>")
     h.append("</tbody></table>")
     if corrected:
+        from selfpick.training.validate import FEW_VALIDATION_PARTICLES
+
         h.append('<p class="note">* Precision divided by the estimated label completeness '
                  '(the share of confidently picked particles that carry a label): when labels '
                  'are incomplete, real but unlabelled particles would otherwise count as false '
-                 'positives. The threshold was chosen on this corrected F1.</p>')
+                 'positives. The threshold was chosen on this corrected F1 (with fewer than '
+                 f'{FEW_VALIDATION_PARTICLES} labelled validation particles, in the middle of '
+                 'the thresholds within one standard error of its maximum).</p>')
     return "".join(h)
 
 

@@ -629,9 +629,12 @@ def selection_f1(entry: dict) -> float:
     """The validation particle F1 stages are ranked by.
 
     With clearly incomplete labels the completeness-corrected F1 (see
-    :mod:`selfpick.training.validate`), otherwise the plain F1.
+    :mod:`selfpick.training.validate`), otherwise the plain F1; where validation moved the
+    threshold off the F1 maximum (few labelled particles), the maximum it recorded.
     """
     p = entry["validation"]["particle"]
+    if "selection_f1" in p:
+        return float(p["selection_f1"])
     return float(p.get("corrected", {}).get("f1", p["f1"]))
 
 

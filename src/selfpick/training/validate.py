@@ -171,6 +171,41 @@ def threshold_uncertainty(f1: np.ndarray, thresholds: np.ndarray, k: int,
                     "of the best (the contiguous run around the chosen one)"}
 
 
+# Below this many labelled validation particles the picking threshold is the middle of the
+# range threshold_uncertainty finds, not the argmax: on a flat F1 curve measured on a handful
+# of particles the argmax falls at a random end of it (EMPIAR-10028, 25 picks: argmax 0.94,
+# F1 0.64 on the unlabelled training micrographs, 0.76 at the middle). On 54 stage models
+# validated on < 30 particles the middle gained 0.018 +- 0.048 F1 on the unlabelled training
+# micrographs (28 better, 20 worse); on 18 validated on 65 it lost 0.004 (bench/NOTES.md).
+FEW_VALIDATION_PARTICLES = 30
+
+
+def middle_of_range(thresholds: np.ndarray, score_range) -> int:
+    """Index into ``thresholds`` (descending) of the last threshold at or above the middle of
+    ``score_range`` = ``[low, high]`` (scores, as :func:`threshold_uncertainty` gives them)."""
+    mid = 0.5 * (float(score_range[0]) + float(score_range[1]))
+    return max(0, int(np.count_nonzero(thresholds >= mid)) - 1)
+
+
+def choose_threshold(f1: np.ndarray, thresholds: np.ndarray, n_true: int,
+                     rule: str = "max F1") -> tuple[int, int, dict, str]:
+    """Where on the validation curve to pick: ``(k, kt, uncertainty, rule)``.
+
+    ``f1`` at each of ``thresholds`` (descending, non-empty), ``n_true`` labelled particles.
+    ``k`` is the F1 maximum, ``uncertainty`` the :func:`threshold_uncertainty` around it,
+    ``kt`` the index picked at: ``k``, or the middle of the uncertain range with fewer than
+    :data:`FEW_VALIDATION_PARTICLES` particles; ``rule`` says which, in words.
+    """
+    k = int(np.argmax(f1))
+    uncertainty = threshold_uncertainty(f1, thresholds, k, n_true)
+    if n_true >= FEW_VALIDATION_PARTICLES:
+        return k, k, uncertainty, rule
+    kt = middle_of_range(thresholds, uncertainty["range"])
+    return k, kt, uncertainty, (f"middle of the thresholds within one standard error of the "
+                                f"{rule} (fewer than {FEW_VALIDATION_PARTICLES} labelled "
+                                f"particles)")
+
+
 def threshold_curve(f1: np.ndarray, precision: np.ndarray, recall: np.ndarray,
                     thresholds: np.ndarray, k: int, points: int = 200) -> dict:
     """The validation F1/precision/recall against threshold, thinned to about ``points``
@@ -211,23 +246,26 @@ def validate(model: torch.nn.Module, micrographs, particle_diameter: float, radi
     curve = particle_curve(items, radius)
     completeness = estimate_completeness(curve)
     precision, recall, f1, thresholds = corrected_curve(curve, completeness)
+    rule = "max F1" + (" (completeness-corrected)" if completeness < COMPLETE_LABELS else "")
     if len(thresholds):
-        k = int(np.argmax(f1))
-        threshold = _between(thresholds, k)
+        k, kt, uncertainty, rule = choose_threshold(f1, thresholds, curve.n_true, rule)
+        threshold = _between(thresholds, kt)
     else:
         threshold = 0.5
     particle = particle_metrics(items, radius, threshold)
-    particle.update(split=split, threshold_rule="chosen on this split: max F1"
-                    + (" (completeness-corrected)" if completeness < COMPLETE_LABELS else ""),
+    particle.update(split=split, threshold_rule=f"chosen on this split: {rule}",
                     label_completeness=completeness,
                     min_distance_px=min_distance * particle_diameter)
     if len(thresholds):
-        particle["threshold_uncertainty"] = threshold_uncertainty(f1, thresholds, k,
-                                                                  curve.n_true)
-        particle["threshold_curve"] = threshold_curve(f1, precision, recall, thresholds, k)
+        particle["threshold_uncertainty"] = uncertainty
+        particle["threshold_curve"] = threshold_curve(f1, precision, recall, thresholds, kt)
+        if kt != k:
+            # Stages are still ranked on the best F1 the split shows, not on the F1 at a
+            # threshold moved off the maximum on purpose (selection_f1 in experiment.py).
+            particle["selection_f1"] = float(f1[k])
     if completeness < COMPLETE_LABELS and len(thresholds):
-        particle["corrected"] = {"precision": float(precision[k]), "recall": float(recall[k]),
-                                 "f1": float(f1[k]),
+        particle["corrected"] = {"precision": float(precision[kt]), "recall": float(recall[kt]),
+                                 "f1": float(f1[kt]),
                                  "note": "precision divided by the estimated label "
                                  "completeness (unlabelled particles are not errors)"}
     pixel = pixel_metrics([p.prob for p in preds], [m.gt_target for m in micrographs], 0.5)
