@@ -229,6 +229,7 @@ def _progression(exp: Experiment, best: str, out: Path) -> Figure:
 
 def _thresholds(exp: Experiment, best: str, out: Path) -> Figure:
     from selfpick.report.figures import short_stage_label, threshold_figure
+    from selfpick.training.validate import FEW_VALIDATION_PARTICLES
 
     v = exp.stages[0]["validation"]
     fig = Figure(
@@ -236,11 +237,12 @@ def _thresholds(exp: Experiment, best: str, out: Path) -> Figure:
         f"Validation particle F1 of every stage against the score threshold, on the "
         f"{v.get('split', 'val')} split ({v.get('particle', {}).get('n_true', '?')} labelled "
         "particles; with incomplete labels, precision corrected for the estimated "
-        "completeness). The dot is the threshold each stage chose (highest F1), stored in its "
-        "model file. The band marks, for the best stage, the thresholds whose F1 is within "
-        "one binomial standard error of the best: the validation labels cannot tell them "
-        "apart, so a wide band means the threshold is uncertain — check it by eye in the "
-        "picks browser (selfpick view).")
+        "completeness). The dot is the threshold each stage chose, stored in its model file: "
+        "the highest F1, or with fewer than "
+        f"{FEW_VALIDATION_PARTICLES} labelled particles the middle of the thresholds within "
+        "one binomial standard error of it. The band marks these thresholds for the best "
+        "stage: the validation labels cannot tell them apart, so a wide band means the "
+        "threshold is uncertain — check it by eye in the picks browser (selfpick view).")
     series = []
     for s in exp.stages:
         p = s["validation"]["particle"]
