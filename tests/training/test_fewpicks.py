@@ -110,6 +110,8 @@ def test_self_training_with_unpicked_pixels_unlabelled(tiny_data, tmp_path):
     pl = it1["pseudo_labels"]
     assert 0.0 <= pl["unlabelled_prior"] <= 0.5 and pl["background_level"] is None
     assert it1["training"]["loss"] == "positive-unlabelled"
+    # the estimated pseudo-particle precision says what it rests on
+    assert pl["validation_particles"] == result.stages[0]["validation"]["particle"]["n_true"]
     assert result.stages[0]["training"]["loss"] == "focal + Dice"
     maps = [np.load(f) for f in sorted((out / "iteration_1_selftrain" / "pseudo_labels")
                                        .glob("*.npy"))]

@@ -322,3 +322,9 @@ def test_label_shares_and_stats_description():
     text = stats.describe()
     assert "50.0% unlabelled" in text and "6.2% of the unlabelled pixels" in text
     assert stats.as_dict()["unlabelled_prior"] == 0.062
+    # how many labelled validation particles the estimate rests on, and whether that is few
+    stats = PseudoLabelStats("peaks", 0.95, 0.05, 0.42, 2, n, sp, sn, si, 7, None, 1.0, 0.062, 8)
+    assert "8 labelled validation particles; a rough figure" in stats.describe()
+    stats = PseudoLabelStats("peaks", 0.95, 0.05, 0.42, 2, n, sp, sn, si, 7, None, 1.0, 0.062, 65)
+    assert "65 labelled validation particles)" in stats.describe()
+    assert stats.as_dict()["validation_particles"] == 65

@@ -575,7 +575,10 @@ def _pseudo_table(exp: Experiment) -> str:
             f'<td>{pct(pl.get("share_positive"))}</td><td>{pct(pl.get("share_negative"))}</td>'
             f'<td>{pct(pl.get("share_ignore"))}</td>'
             f'<td>{_e(pl.get("n_pseudo_particles"))}</td>'
-            f'<td>{pct(pl.get("estimated_precision"))}</td>'
+            f'<td>{pct(pl.get("estimated_precision"))}'
+            + (f' ({_e(pl["validation_particles"])} particles)'
+               if pl.get("validation_particles") is not None
+               and pl.get("estimated_precision") is not None else "") + '</td>'
             f'<td>{pct(pl.get("unlabelled_prior"))}</td></tr>')
     h.append("</tbody></table>")
     h.append('<p class="note">Pseudo-labels of iteration k are made by the previous stage\'s '
@@ -587,7 +590,8 @@ def _pseudo_table(exp: Experiment) -> str:
              'all pseudo-label pixels; pseudo-particles added are confident detections farther '
              'than a particle radius from every labelled centre; their estimated precision is the '
              'share of real particles (corrected for incomplete labels) among the validation '
-             'picks at or above the same score. With unpicked pixels "unlabelled" (the '
+             'picks at or above the same score (in brackets: the labelled validation '
+             'particles it rests on; with a few dozen it is a rough figure). With unpicked pixels "unlabelled" (the '
              'default) no pixel is background: the stage trains with a positive-unlabelled '
              'loss that takes the share in the last column of the unlabelled pixels to be '
              'particles the model has not picked (estimated from its picks, validation '

@@ -251,7 +251,8 @@ def _pseudo_labels(k: int, cfg: Config, ts: TrainingSet, model: torch.nn.Module,
                              len(pool), n, sp, sn, si, n_new,
                              background if peaks else None,
                              estimated_precision(val.rank_scores, val.local_precision, pos_score)
-                             if peaks else None, prior)
+                             if peaks else None, prior,
+                             int(val.metrics["particle"].get("n_true") or 0))
     save_dir = stage_dir / "pseudo_labels"
     save_dir.mkdir(parents=True, exist_ok=True)
     for m, pl in zip(pool, maps):
