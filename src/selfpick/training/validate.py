@@ -148,12 +148,13 @@ def threshold_uncertainty(f1: np.ndarray, thresholds: np.ndarray, k: int,
     """How well the validation labels pin the picking threshold down.
 
     ``f1``: F1 at each of ``thresholds`` (descending, one per distinct score), ``k``: the
-    chosen index, ``n_true``: labelled validation particles. F1 measured on ``n`` particles
-    has a binomial standard error of about ``sqrt(F1 (1 - F1) / n)`` (with F1 smoothed as
-    ``(n F1 + 1) / (n + 2)``, so that F1 = 1 is not certain); every threshold of the
-    contiguous run around ``k`` whose F1 is within one standard error of the best is as good
-    as far as these labels can tell. A wide range (ninety particles give +-0.03) says the
-    threshold is a guess within it; a narrow one that the curve falls off steeply.
+    index of the F1 maximum, ``n_true``: labelled validation particles. F1 measured on ``n``
+    particles has a binomial standard error of about ``sqrt(F1 (1 - F1) / n)`` (with F1
+    smoothed as ``(n F1 + 1) / (n + 2)``, so that F1 = 1 is not certain); every threshold of
+    the contiguous run around ``k`` whose F1 is within one standard error of the best is as
+    good as far as these labels can tell. A wide range (ninety particles give +-0.03) says
+    the threshold is a guess within it (:func:`choose_threshold` then takes its middle when
+    the particles are few); a narrow one that the curve falls off steeply.
     """
     best = float(f1[k])
     # Laplace-smoothed, so that a perfect score on a few particles is not "certain".
