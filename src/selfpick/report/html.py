@@ -592,10 +592,10 @@ def _pseudo_table(exp: Experiment) -> str:
              'share of real particles (corrected for incomplete labels) among the validation '
              'picks at or above the same score (in brackets: the labelled validation '
              'particles it rests on; with a few dozen it is a rough figure). With unpicked '
-             'pixels "unlabelled" (the default) no pixel is background: the stage trains with a positive-unlabelled '
-             'loss that takes the share in the last column of the unlabelled pixels to be '
-             'particles the model has not picked (estimated from its picks, validation '
-             'precision and recall).</p>')
+             'pixels "unlabelled" (the default) no pixel is background: the stage trains '
+             'with a positive-unlabelled loss that takes the share in the last column of '
+             'the unlabelled pixels to be particles the model has not picked (estimated '
+             'from its picks, validation precision and recall).</p>')
     return "".join(h)
 
 

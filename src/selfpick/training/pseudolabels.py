@@ -18,10 +18,11 @@ In both modes ground truth wins: labelled particles stay 1 and their rings stay 
 With ``unpicked_pixels='unlabelled'`` (the default) no pixel is background: everything
 outside the peaks' disks and rings is 0 = *unlabelled*, and self-training uses the
 positive-unlabelled loss with the share of particle pixels among them estimated from the
-picks (:func:`estimated_particles`, :func:`hidden_particles`, :func:`unlabelled_share`). Teaching low-scored pixels as
-background taught the particles a weak model missed as background: on EMPIAR-10017 with 50
-picks on one micrograph it had 27 % of the real particles below the background level, and
-self-training lost ranking in all three draws (``bench/NOTES.md``).
+picks (:func:`estimated_particles`, :func:`hidden_particles`, :func:`unlabelled_share`).
+Teaching low-scored pixels as background taught the particles a weak model missed as
+background: on EMPIAR-10017 with 50 picks on one micrograph it had 27 % of the real
+particles below the background level, and self-training lost ranking in all three draws
+(``bench/NOTES.md``).
 """
 
 from __future__ import annotations
