@@ -118,6 +118,12 @@ class LossConfig:
                          "unpicked particles as background (class prior from the estimated "
                          "completeness) and keeps whichever model validates better; 0 = off",
                          bounds=(0, None))
+    pu_micrographs: str = opt("labelled", "which micrographs the positive-unlabelled epochs "
+                              "of the supervised stage train on: 'labelled' (those with "
+                              "picks) or 'all' (the unlabelled ones too, every pixel "
+                              "unlabelled, at the particle density the picks imply; half "
+                              "the crops still come from micrographs with picks)",
+                              choices=("labelled", "all"))
 
 
 @dataclass
@@ -292,7 +298,8 @@ SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
 SAVED_BEFORE: dict[str, dict[str, Any]] = {"model": {"skip": "concat", "input_stride": 1},
                                             "selftrain": {"self_train_complete_labels": True,
                                                           "unpicked_pixels": "background"},
-                                            "loss": {"pu_epochs": 0},
+                                            "loss": {"pu_epochs": 0,
+                                                     "pu_micrographs": "labelled"},
                                             "pick": {"tta": 1}}
 
 

@@ -107,13 +107,27 @@ class PULoss(nn.Module):
                        "total": total.detach()}
 
 
-def unlabelled_prior(n_positive: float, n_unlabelled: float, completeness: float) -> float:
-    """Share of particle pixels among the unlabelled ones when the ``n_positive`` labelled
-    particle pixels are a fraction ``completeness`` of all particle pixels."""
-    if n_unlabelled <= 0 or completeness >= 1.0:
+def unlabelled_prior(n_positive: float, n_unlabelled: float, completeness: float,
+                     without_picks: float = 0.0) -> float:
+    """Share of particle pixels among the unlabelled pixels the loss sees.
+
+    ``n_positive`` labelled particle pixels are a fraction ``completeness`` of the particle
+    pixels of the micrographs with picks, whose other ``n_unlabelled`` pixels are unlabelled.
+    ``without_picks`` is the share of training crops drawn from micrographs nobody picked:
+    every pixel there is unlabelled, and particles are taken to cover them at the density
+    the picks imply. At most 0.5.
+    """
+    w = float(without_picks)
+    if not 0.0 <= w <= 1.0:
+        raise ValueError("without_picks must be in [0, 1]")
+    area = n_positive + n_unlabelled
+    if area <= 0 or (completeness >= 1.0 and w == 0.0) or (n_unlabelled <= 0 and w == 0.0):
         return 0.0
-    hidden = n_positive * (1.0 / max(completeness, 1e-3) - 1.0)
-    return float(min(0.5, hidden / n_unlabelled))
+    c = min(1.0, max(completeness, 1e-3))
+    density = n_positive / c / area  # particle pixels per pixel of a picked micrograph
+    hidden = (1 - w) * n_positive * (1.0 / c - 1.0) / area + w * density
+    unlabelled = (1 - w) * n_unlabelled / area + w
+    return float(min(0.5, hidden / unlabelled))
 
 
 class CombinedLoss(nn.Module):

@@ -349,13 +349,15 @@ class CropDataset(torch.utils.data.Dataset):
 
     Item ``i`` of epoch ``e`` is drawn from ``numpy.random.default_rng([seed, e, i])``, so the
     data do not depend on the number of workers and a resumed run sees the same crops.
+    Image ``k`` is chosen with probability ``weights[k] / sum(weights)`` (default: its area).
 
     Returns ``(image, target)`` tensors of shape ``(1, crop, crop)``: ``float32`` image and
     ``float32`` target holding 1, 0 or -1 (ignore).
     """
 
     def __init__(self, images: list[np.ndarray], targets: list[np.ndarray], crop: int,
-                 length: int, seed: int, augment: bool = True):
+                 length: int, seed: int, augment: bool = True,
+                 weights: np.ndarray | None = None):
         if not images:
             raise ValueError("CropDataset needs at least one image")
         self.images = images
@@ -365,8 +367,12 @@ class CropDataset(torch.utils.data.Dataset):
         self.seed = int(seed)
         self.augment = augment
         self.epoch = 0
-        areas = np.array([float(im.shape[0] * im.shape[1]) for im in images])
-        self.weights = areas / areas.sum()
+        if weights is None:  # every pixel equally likely to be seen
+            weights = np.array([float(im.shape[0] * im.shape[1]) for im in images])
+        weights = np.asarray(weights, dtype=np.float64)
+        if weights.shape != (len(images),) or np.any(weights < 0) or weights.sum() <= 0:
+            raise ValueError("CropDataset weights must be one non-negative number per image")
+        self.weights = weights / weights.sum()
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)

@@ -269,6 +269,9 @@ def _pseudo_labels(k: int, cfg: Config, ts: TrainingSet, model: torch.nn.Module,
 # sets that leave out damaged particles on purpose (EMPIAR-10028, all picks: 0.76) are not
 # measured with it and keep the plain supervised stage.
 PU_BELOW = 0.5
+# With --pu-micrographs all, the share of the positive-unlabelled epochs' crops drawn from
+# the micrographs with picks (the rest from those without).
+LABELLED_CROP_SHARE = 0.5
 
 
 def _positive_unlabelled(cfg: Config, train_model, model, val, pool, images, crop: int,
@@ -293,14 +296,31 @@ def _positive_unlabelled(cfg: Config, train_model, model, val, pool, images, cro
         return val, None, StageHistory()
     n_pos = sum(int(np.count_nonzero(m.gt_target == 1)) for m in pool)
     n_unl = sum(int(np.count_nonzero(m.gt_target == 0)) for m in pool)
-    prior = dist.broadcast_number(unlabelled_prior(n_pos, n_unl, c))
+    others = ts.subset("unlabeled") if cfg.loss.pu_micrographs == "all" else []
+    targets = [m.gt_target for m in pool]
+    weights = None
+    share = 0.0
+    if others:
+        # Every pixel of a micrograph nobody picked is unlabelled (0), not ignored. Half the
+        # crops still come from the picked micrographs, so each batch keeps its positives
+        # however many unpicked micrographs there are.
+        share = 1.0 - LABELLED_CROP_SHARE
+        area = np.array([float(im.size) for im in images])
+        area_o = np.array([float(m.image.size) for m in others])
+        weights = np.concatenate([LABELLED_CROP_SHARE * area / area.sum(),
+                                  share * area_o / area_o.sum()])
+        images = list(images) + [m.image for m in others]
+        targets = targets + [np.zeros(m.image.shape, dtype=np.int8) for m in others]
+    prior = dist.broadcast_number(unlabelled_prior(n_pos, n_unl, c, share))
     if dist.is_main():
         log.info("%s: picks look partial (estimated completeness %.2f): %d more epochs with a "
-                 "positive-unlabelled loss (%.1f%% of the unlabelled pixels taken to be "
-                 "unpicked particles)", SUPERVISED, c, cfg.loss.pu_epochs, 100 * prior)
+                 "positive-unlabelled loss on %d micrographs%s (%.1f%% of the unlabelled "
+                 "pixels taken to be unpicked particles)", SUPERVISED, c, cfg.loss.pu_epochs,
+                 len(images), f", {len(others)} of them without picks" if others else "",
+                 100 * prior)
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    dataset = CropDataset(images, [m.gt_target for m in pool], crop, length,
-                          seed=cfg.train.seed * 1000 + 999)
+    dataset = CropDataset(images, targets, crop, length, seed=cfg.train.seed * 1000 + 999,
+                          weights=weights)
     extra = train_stage(train_model, dataset, cfg.train, cfg.loss.pu_epochs, device,
                         PULoss(prior), f"{SUPERVISED} (positive-unlabelled)",
                         stage_dir / "checkpoint_pu.pt", progress,
@@ -313,7 +333,9 @@ def _positive_unlabelled(cfg: Config, train_model, model, val, pool, images, cro
         f_pu = selection_f1({"validation": pu_val.metrics})
         keep_pu = f_pu >= f_pn
         record = {"unlabelled_prior": prior, "completeness_before": c, "epochs":
-                  cfg.loss.pu_epochs, "validation_f1_before": f_pn, "validation_f1_after": f_pu,
+                  cfg.loss.pu_epochs, "micrographs": len(images),
+                  "micrographs_without_picks": len(others),
+                  "validation_f1_before": f_pn, "validation_f1_after": f_pu,
                   "kept": "positive-unlabelled" if keep_pu else "supervised (before)"}
         log.info("%s: validation F1 %.3f before, %.3f after the positive-unlabelled epochs: "
                  "keeping the model %s", SUPERVISED, f_pn, f_pu,
