@@ -328,3 +328,17 @@ def test_unlabelled_prior_from_completeness():
     assert unlabelled_prior(100, 9000, 1.0) == 0.0
     assert unlabelled_prior(100, 0, 0.1) == 0.0
     assert unlabelled_prior(100, 100, 0.01) == 0.5  # capped
+
+
+def test_unlabelled_prior_with_micrographs_without_picks():
+    from selfpick.model.losses import unlabelled_prior
+
+    # 100 labelled pixels are 10 % of the particle pixels of 10,000: density 0.1
+    assert unlabelled_prior(100, 9900, 0.1, without_picks=1.0) == pytest.approx(0.1)
+    # half the crops from each kind: (0.5 * 900 + 0.5 * 1000) / (0.5 * 9900 + 0.5 * 10000)
+    assert unlabelled_prior(100, 9900, 0.1, 0.5) == pytest.approx(950 / 9950)
+    assert unlabelled_prior(100, 9900, 0.1, 0.0) == unlabelled_prior(100, 9900, 0.1)
+    # complete picks: nothing hidden where they were made, particles elsewhere all the same
+    assert unlabelled_prior(100, 9900, 1.0, 0.5) == pytest.approx(50 / 9950)
+    with pytest.raises(ValueError):
+        unlabelled_prior(100, 9900, 0.1, 1.5)

@@ -176,6 +176,17 @@ def test_crop_larger_than_the_image_is_padded_with_ignore():
     assert (t[0, :, 12:] == IGNORE).all() and (x[0, 10:, :] == 0).all()
 
 
+def test_crop_dataset_draws_images_by_weight():
+    imgs = [np.full((32, 32), float(k), dtype=np.float32) for k in range(3)]
+    tgts = [np.zeros((32, 32), dtype=np.int8) for _ in range(3)]
+    ds = CropDataset(imgs, tgts, crop=16, length=200, seed=1, augment=False,
+                     weights=np.array([0.0, 3.0, 1.0]))
+    drawn = [int(ds[i][0][0, 0, 0]) for i in range(len(ds))]
+    assert 0 not in drawn and 120 < drawn.count(1) < 180
+    with pytest.raises(ValueError):
+        CropDataset(imgs, tgts, crop=16, length=1, seed=0, weights=np.array([1.0, -1, 1]))
+
+
 def test_crop_dataset_needs_an_image():
     with pytest.raises(ValueError):
         CropDataset([], [], crop=16, length=1, seed=0)

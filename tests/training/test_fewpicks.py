@@ -95,6 +95,42 @@ def test_partial_picks_continue_the_supervised_stage_with_the_pu_loss(tiny_data,
     assert "positive-unlabelled loss" in (out / "training.log").read_text()
 
 
+def test_pu_epochs_can_train_on_the_micrographs_without_picks(tiny_data, tmp_path,
+                                                             monkeypatch):
+    from selfpick.training import experiment
+    from selfpick.training.data import CropDataset
+
+    monkeypatch.setattr(experiment, "PU_BELOW", 1.01)
+    seen = []
+
+    class Recording(CropDataset):
+        def __init__(self, images, targets, *args, **kwargs):
+            super().__init__(images, targets, *args, **kwargs)
+            seen.append((len(images), self.weights.copy(), targets))
+
+    monkeypatch.setattr(experiment, "CropDataset", Recording)
+    coords = json.loads((tiny_data.output_dir / "labels" / "coordinates.json").read_text())
+    picked = sorted(coords)[:2]
+    cfile = tmp_path / "picks.json"
+    cfile.write_text(json.dumps({n: coords[n][:10] for n in picked}))
+    out = tmp_path / "exp"
+    cfg = tiny_config(tiny_data.output_dir, out, coords_file=str(cfile),
+                      self_training_iterations=0, pu_epochs=1, pu_micrographs="all")
+    result = run_training(cfg, progress=False)
+    pu = result.stages[0]["positive_unlabelled"]
+    n_without = len(sorted(coords)) - len(picked)
+    assert pu["micrographs_without_picks"] == n_without
+    # supervised epochs on the picked micrographs, then the PU epochs on all of them, half of
+    # the crops from those with picks; no pixel of an unpicked micrograph is ignored
+    (n_sup, _, _), (n_pu, weights, targets) = seen
+    assert n_pu == n_sup + n_without == pu["micrographs"]
+    assert weights[:n_sup].sum() == pytest.approx(0.5) and weights.sum() == pytest.approx(1)
+    assert all((t == 0).all() for t in targets[n_sup:])
+    # the unpicked micrographs hold particles at the picks' density: the prior is not 0
+    assert 0 < pu["unlabelled_prior"] <= 0.5
+    assert f"{n_without} of them without picks" in (out / "training.log").read_text()
+
+
 def test_self_training_with_unpicked_pixels_unlabelled(tiny_data, tmp_path):
     # 12 picks on one micrograph, self-training with the PU loss: no pixel is background,
     # the prior comes from the estimated particle count, and metrics.json and the log say so
