@@ -9,8 +9,9 @@ from hypothesis import strategies as st
 
 from selfpick.config import PreprocessConfig
 from selfpick.preprocess import (Scale, area_downsample, choose_downsample, choose_input_stride,
-                                 fourier_crop, model_shape, normalize, normalize_tensor,
-                                 preprocess, preprocess_tensor, runs_on_tensors)
+                                 clip_outliers, clip_outliers_tensor, fourier_crop, model_shape,
+                                 normalize, normalize_tensor, preprocess, preprocess_tensor,
+                                 runs_on_tensors)
 
 
 def _blob(shape, x0, y0, sigma):
@@ -180,6 +181,53 @@ def test_normalize_mostly_constant_image_does_not_blow_up():
     img[:10] = np.random.default_rng(6).normal(size=(10, 64))
     out = normalize(img, clip_sigma=5.0)
     assert np.isfinite(out).all() and np.abs(out).max() <= 5.0
+
+
+# ---------------------------------------------------------------- hot pixels
+
+
+def _counts_with_a_hot_pixel(value=60000.0):
+    img = np.random.default_rng(3).poisson(30.0, size=(512, 512)).astype(np.float32)
+    img[201, 302] = value  # off the model grid: on it, the sinc's samples would be 0
+    return img
+
+
+def test_a_hot_pixel_does_not_ring_across_the_downsampled_image():
+    img = _counts_with_a_hot_pixel()
+    # Fourier cropping alone turns the pixel into a sinc along its row and column
+    ringing, _ = preprocess(img, 4.0, PreprocessConfig(outlier_sigma=0.0))
+    clean, _ = preprocess(img, 4.0, PreprocessConfig())
+    row, col = round(201 / 4), round(302 / 4)
+    far = np.r_[0:col - 8, col + 9:ringing.shape[1]]  # the row away from the pixel itself
+    assert np.mean(np.abs(ringing[row, far]) > 3) > 0.5
+    assert np.mean(np.abs(ringing) > 3) > 0.03  # one pixel of 262,144
+    assert np.mean(np.abs(clean[row, far]) > 3) < 0.03
+    assert np.mean(np.abs(clean) > 3) < 0.01
+
+
+def test_clip_outliers_leaves_ordinary_pixels_and_its_input_alone():
+    img = _counts_with_a_hot_pixel()
+    before = img.copy()
+    out = clip_outliers(img, 10.0)
+    np.testing.assert_array_equal(img, before)
+    changed = out != img
+    assert changed.sum() == 1 and changed[201, 302] and 30 < out[201, 302] < 100
+    np.testing.assert_array_equal(clip_outliers(img, 0.0), img)  # 0 = off
+    sparse = np.zeros((64, 64), np.float32)  # counts of 0 almost everywhere: MAD 0
+    sparse[::7, ::5] = 1.0
+    sparse[3, 3] = 500.0
+    assert clip_outliers(sparse, 10.0).max() < 10 and clip_outliers(sparse, 10.0)[0, 0] == 1.0
+
+
+def test_torch_outlier_clipping_equals_the_numpy_one():
+    import torch
+
+    img = _counts_with_a_hot_pixel()
+    np.testing.assert_array_equal(clip_outliers_tensor(torch.from_numpy(img), 10.0).numpy(),
+                                  clip_outliers(img, 10.0))
+    want, _ = preprocess(img, 3.0, PreprocessConfig())
+    got, _ = preprocess_tensor(torch.from_numpy(img), 3.0, PreprocessConfig())
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-4, rtol=0)
 
 
 # ---------------------------------------------------------------- torch (GPU) preprocessing

@@ -220,7 +220,8 @@ def test_new_options_are_user_errors(tmp_path):
     for change in (dict(shape="cube"), dict(pixel_type="uint8"), dict(file_format="tiff"),
                    dict(file_format="png", pixel_type="int16"), dict(dose_per_pixel=0.0),
                    dict(dose_per_pixel=1e5), dict(in_plane_fraction=1.5),
-                   dict(min_distance=0.0), dict(coverage=0.7)):
+                   dict(min_distance=0.0), dict(coverage=0.7), dict(hot_pixels=0.5),
+                   dict(hot_pixels=1e-4)):  # float32: hot pixels are a detector's
         with pytest.raises(SelfpickError):
             simulate_dataset(replace(base, **change), tmp_path / "sim")
     assert list(tmp_path.iterdir()) == []
@@ -293,6 +294,20 @@ def test_raw16_writes_uint16_electron_counts(tmp_path):
     np.testing.assert_array_equal(xy, res.truth["sim_000"])
     diff = (counts - cfg.dose_per_pixel) / g - flt
     assert diff.var() == pytest.approx(2 * (1 - cfg.structural_noise), rel=0.08)
+
+
+def test_hot_pixels_sit_at_the_same_places_in_every_micrograph():
+    from selfpick.simulate import HOT_PIXEL_DOSES
+
+    cfg = SimulationConfig(n_micrographs=2, size=256, diameter=24.0, pixel_type="uint16",
+                           hot_pixels=1e-3, seed=4)
+    hot = []
+    for i in range(2):
+        img, _, _ = simulate_micrograph(micrograph_rng(4, i), cfg, i, make_molecule(cfg))
+        hot.append(set(np.flatnonzero(img == round(HOT_PIXEL_DOSES * cfg.dose_per_pixel))))
+    n = round(1e-3 * 256 * 256)
+    assert min(len(hot[0]), len(hot[1])) >= n  # (a Poisson count may reach the value too)
+    assert len(hot[0] & hot[1]) == n
 
 
 def test_int16_counts_are_mrc_mode_1(tmp_path):

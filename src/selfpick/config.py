@@ -73,6 +73,10 @@ class PreprocessConfig:
     downsample_method: str = opt("fourier", "Fourier cropping (exact for any factor, keeps the "
                                  "noise spectrum) or area averaging (faster)",
                                  choices=("fourier", "area"))
+    outlier_sigma: float = opt(10.0, "before downsampling, clip original pixels farther than "
+                               "this many robust standard deviations from the median (hot or "
+                               "dead detector pixels, which downsampling would smear into "
+                               "stripes); 0 = off", bounds=(0, None))
     clip_sigma: float = opt(5.0, "after robust standardisation, clip pixel values to +-this "
                             "many robust standard deviations (hot pixels, ice crystals)", bounds=(0, None))
     lowpass_sigma: float = opt(0.0, "optional Gaussian low-pass, sigma in model pixels (0 = off)", bounds=(0, None))
@@ -294,13 +298,15 @@ SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
 # the model image directly until "input_stride" was, and self-training ran whatever the
 # labels' completeness until "self_train_complete_labels" was added, and taught the pixels
 # its model scored low as background until "unpicked_pixels" was, and picked without
-# test-time augmentation (its threshold was chosen that way) until "tta" was added.
+# test-time augmentation (its threshold was chosen that way) until "tta" was added, and
+# downsampled hot pixels as they were until "outlier_sigma" was.
 SAVED_BEFORE: dict[str, dict[str, Any]] = {"model": {"skip": "concat", "input_stride": 1},
                                             "selftrain": {"self_train_complete_labels": True,
                                                           "unpicked_pixels": "background"},
                                             "loss": {"pu_epochs": 0,
                                                      "pu_micrographs": "labelled"},
-                                            "pick": {"tta": 1}}
+                                            "pick": {"tta": 1},
+                                            "preprocess": {"outlier_sigma": 0.0}}
 
 
 def _field_index() -> dict[str, tuple[str, dataclasses.Field]]:

@@ -1,4 +1,5 @@
-"""Micrograph preprocessing: downsampling, robust normalisation, optional low-pass.
+"""Micrograph preprocessing: outlier clipping, downsampling, robust normalisation, optional
+low-pass.
 
 The same :class:`~selfpick.config.PreprocessConfig` is stored in every model file, so picking
 applies exactly the steps used in training.
@@ -162,6 +163,40 @@ def area_downsample(image: np.ndarray, out_shape: tuple[int, int]) -> np.ndarray
                                     preserve_range=True).astype(np.float32)
 
 
+def _robust_centre_scale(sample: np.ndarray) -> tuple[float, float]:
+    """Median and 1.4826 * MAD of ``sample``. When the MAD is 0 (more than half the pixels
+    hold one value: a blank border, sparse electron counts), the standard deviation of the
+    values left after dropping the highest and lowest 0.1 % (which a few hot pixels would
+    otherwise set); 1 when that is 0 too."""
+    med = float(np.median(sample))
+    sigma = 1.4826 * float(np.median(np.abs(sample - med)))
+    if not np.isfinite(sigma) or sigma <= 0:
+        v = np.sort(np.ravel(sample))
+        k = v.size // 1000
+        sigma = float(v[k:v.size - k].std()) or 1.0
+    return med, sigma
+
+
+def clip_outliers(image: np.ndarray, n_sigma: float) -> np.ndarray:
+    """Original micrograph ``(ny, nx)`` with pixels farther than ``n_sigma`` robust standard
+    deviations from the median clipped to that bound (a float32 copy; the input is untouched).
+
+    For hot or dead detector pixels in raw counts: Fourier cropping spreads one such pixel
+    into a cross of ringing across the whole model image (a sinc along its row and column)
+    that no later clipping removes. Real signal never comes near the bound: in raw counts a
+    particle changes a pixel by a fraction of the noise, and in denoised or 8-bit images the
+    model image is clipped at ``clip_sigma`` (5) after downsampling anyway. ``n_sigma`` <= 0:
+    no clipping.
+    """
+    img = np.array(image, dtype=np.float32, copy=True)
+    if not n_sigma or n_sigma <= 0:
+        return img
+    step = max(1, int(np.sqrt(img.size / _STATS_MAX_PIXELS)))
+    med, sigma = _robust_centre_scale(img[::step, ::step])
+    np.clip(img, med - n_sigma * sigma, med + n_sigma * sigma, out=img)
+    return img
+
+
 def normalize(image: np.ndarray, clip_sigma: float = 5.0) -> np.ndarray:
     """Robust standardisation: subtract the median, divide by 1.4826 * MAD, clip to +-clip_sigma.
 
@@ -170,12 +205,7 @@ def normalize(image: np.ndarray, clip_sigma: float = 5.0) -> np.ndarray:
     """
     img = np.asarray(image, dtype=np.float32)
     step = max(1, int(np.sqrt(img.size / _STATS_MAX_PIXELS)))
-    sample = img[::step, ::step]
-    med = float(np.median(sample))
-    mad = float(np.median(np.abs(sample - med)))
-    sigma = 1.4826 * mad
-    if not np.isfinite(sigma) or sigma <= 0:
-        sigma = float(sample.std()) or 1.0
+    med, sigma = _robust_centre_scale(img[::step, ::step])
     out = (img - med) / sigma
     if clip_sigma and clip_sigma > 0:
         np.clip(out, -clip_sigma, clip_sigma, out=out)
@@ -193,16 +223,32 @@ def _median(x: torch.Tensor) -> float:
     return float((v[n // 2 - 1 : n // 2 + 1].sum() / 2).cpu())
 
 
+def _robust_centre_scale_tensor(sample: torch.Tensor) -> tuple[float, float]:
+    """:func:`_robust_centre_scale` of a 1-D tensor."""
+    med = _median(sample)
+    sigma = 1.4826 * _median((sample - med).abs())
+    if not np.isfinite(sigma) or sigma <= 0:
+        v = torch.sort(sample).values
+        k = v.numel() // 1000
+        sigma = float(v[k:v.numel() - k].std(correction=0)) or 1.0
+    return med, sigma
+
+
+def clip_outliers_tensor(image: torch.Tensor, n_sigma: float) -> torch.Tensor:
+    """:func:`clip_outliers` of a tensor ``(ny, nx)``, on its own device (a float32 copy)."""
+    img = image.float().clone()
+    if not n_sigma or n_sigma <= 0:
+        return img
+    step = max(1, int(np.sqrt(img.numel() / _STATS_MAX_PIXELS)))
+    med, sigma = _robust_centre_scale_tensor(img[::step, ::step].reshape(-1))
+    return img.clamp_(med - n_sigma * sigma, med + n_sigma * sigma)
+
+
 def normalize_tensor(image: torch.Tensor, clip_sigma: float = 5.0) -> torch.Tensor:
     """:func:`normalize` of a float32 tensor ``(H, W)``, on its own device."""
     img = image.float()
     step = max(1, int(np.sqrt(img.numel() / _STATS_MAX_PIXELS)))
-    sample = img[::step, ::step].reshape(-1)
-    med = _median(sample)
-    mad = _median((sample - med).abs())
-    sigma = 1.4826 * mad
-    if not np.isfinite(sigma) or sigma <= 0:
-        sigma = float(sample.std(correction=0)) or 1.0
+    med, sigma = _robust_centre_scale_tensor(img[::step, ::step].reshape(-1))
     out = (img - med) / sigma
     if clip_sigma and clip_sigma > 0:
         out.clamp_(-clip_sigma, clip_sigma)
@@ -225,6 +271,7 @@ def preprocess_tensor(image: torch.Tensor, factor: float, cfg: PreprocessConfig
     if not runs_on_tensors(cfg):
         raise ValueError("preprocess_tensor does Fourier cropping without a low-pass only")
     shape = model_shape(tuple(image.shape), factor)
+    image = clip_outliers_tensor(image, cfg.outlier_sigma)
     out = normalize_tensor(fourier_crop_tensor(image, shape), cfg.clip_sigma)
     scale = Scale(image.shape[1] / shape[1], image.shape[0] / shape[0], cfg.downsample_method)
     return out, scale
@@ -236,6 +283,7 @@ def preprocess(image: np.ndarray, factor: float, cfg: PreprocessConfig) -> tuple
     ``factor`` is original px per model px (see :func:`choose_downsample`).
     """
     shape = model_shape(image.shape, factor)
+    image = clip_outliers(image, cfg.outlier_sigma)
     if cfg.downsample_method == "area":
         small = area_downsample(image, shape)
     else:

@@ -54,7 +54,8 @@ detector's summed frames hold instead: ``counts = Poisson(dose + g * x)`` with `
 noise-free image in noise units (particles, CTF-filtered ice structure, carbon, contaminants,
 ice gradient), ``dose = dose_per_pixel`` and ``g = sqrt(dose / (1 - structural_noise))``, so
 ``(counts - dose) / g`` is again in noise standard deviations and the SNR definition holds
-(recorded per micrograph as ``counts_per_noise_sd``). Counts use the same random draws as the
+(recorded per micrograph as ``counts_per_noise_sd``); ``hot_pixels`` adds uncorrected detector
+defects that read :data:`HOT_PIXEL_DOSES` doses at the same places in every micrograph. Counts use the same random draws as the
 float image up to the shot noise. ``file_format="png"`` writes PNG instead of MRC: float32
 images as 8-bit grey levels (median -/+ 5 robust standard deviations -> 0..255, as in
 CryoPPP's PNG exports), uint16 counts as 16-bit grey; PNG carries no pixel size.
@@ -166,6 +167,9 @@ class SimulationConfig:
     # or "int16" (MRC mode 1), at `dose_per_pixel` electrons per pixel.
     pixel_type: str = "float32"
     dose_per_pixel: float = 30.0  # mean electron count per pixel of empty ice (counts only)
+    # Share of detector pixels that are hot (uncorrected defects; counts only): they read
+    # HOT_PIXEL_DOSES times the dose in every micrograph, at the same places (the detector's).
+    hot_pixels: float = 0.0
     # Micrograph files: "mrc", or "png" (float32 -> 8-bit grey levels as in CryoPPP's PNG
     # exports; uint16 -> 16-bit PNG).
     file_format: str = "mrc"
@@ -233,9 +237,27 @@ class SimulationConfig:
         if self.file_format == "png" and self.pixel_type == "int16":
             raise SelfpickError("--format png holds unsigned pixels: use --pixel-type uint16 "
                                 "(or float32 for 8-bit grey levels), not int16")
+        if not 0.0 <= self.hot_pixels <= 0.01:
+            raise SelfpickError(f"hot_pixels is a share of the pixels in [0, 0.01] "
+                                f"(got {self.hot_pixels})")
+        if self.hot_pixels and self.pixel_type == "float32":
+            raise SelfpickError("hot pixels are a counting detector's: use a uint16 or int16 "
+                                "pixel type")
         if not 0.0 < self.dose_per_pixel <= 5000.0 or not math.isfinite(self.dose_per_pixel):
             raise SelfpickError(f"--dose must be in (0, 5000] electrons per pixel, so counts "
                                 f"fit in 16 bits (got {self.dose_per_pixel})")
+
+
+#: What a hot pixel reads, in doses (``SimulationConfig.hot_pixels``).
+HOT_PIXEL_DOSES = 20.0
+
+
+def hot_pixel_indices(shape: tuple[int, int], share: float, seed: int) -> np.ndarray:
+    """Flat indices of the hot pixels of a detector of ``shape`` ``(ny, nx)``: ``share`` of
+    them, the same for every micrograph of a data set (they follow ``seed`` only)."""
+    n = int(round(share * shape[0] * shape[1]))
+    rng = np.random.default_rng([int(seed), 0x407])
+    return rng.choice(shape[0] * shape[1], size=n, replace=False)
 
 
 @dataclass
@@ -925,7 +947,11 @@ def simulate_micrograph(
         counts_per_sd = math.sqrt(cfg.dose_per_pixel / (1.0 - cfg.structural_noise))
         lam = np.clip(cfg.dose_per_pixel + counts_per_sd * image.astype(np.float64), 0, None)
         top = np.iinfo(np.dtype(cfg.pixel_type)).max
-        image = np.minimum(rng.poisson(lam), top).astype(cfg.pixel_type)
+        counts = rng.poisson(lam)
+        if cfg.hot_pixels:
+            counts.flat[hot_pixel_indices(shape, cfg.hot_pixels, cfg.seed)] = \
+                round(HOT_PIXEL_DOSES * cfg.dose_per_pixel)
+        image = np.minimum(counts, top).astype(cfg.pixel_type)
 
     extras: dict[str, Any] = {
         "index": int(index),

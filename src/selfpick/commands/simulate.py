@@ -36,12 +36,14 @@ log = logging.getLogger("selfpick")
 # Flags whose value goes into SimulationConfig under the same name (dest -> field).
 _FIELDS = ("n_micrographs", "size", "diameter", "pixel_size", "snr", "label_fraction", "seed",
            "shape", "coverage", "min_distance", "pixel_type", "dose_per_pixel", "file_format",
-           "carbon_probability", "ice_gradient", "contaminants", "in_plane_fraction")
+           "carbon_probability", "ice_gradient", "contaminants", "in_plane_fraction",
+           "hot_pixels")
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
     from selfpick.simulate import (
         FILE_FORMATS,
+        HOT_PIXEL_DOSES,
         PIXEL_TYPES,
         SHAPES,
         SIMULATED_PANEL,
@@ -100,6 +102,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dose", dest="dose_per_pixel", type=float, metavar="E",
                         help="electrons per pixel of empty ice, for --pixel-type uint16/int16 "
                         f"(default {d.dose_per_pixel:g})")
+    parser.add_argument("--hot-pixels", type=float, metavar="SHARE",
+                        help="share of detector pixels that are hot, for uint16/int16: they "
+                        f"read {HOT_PIXEL_DOSES:g} doses, at the same places in every micrograph (default 0)")
     parser.add_argument("--format", dest="file_format", choices=list(FILE_FORMATS),
                         help="micrograph files: mrc, or png (8-bit grey levels like CryoPPP's "
                         "exports; 16-bit for uint16 counts) (default mrc)")
