@@ -262,7 +262,8 @@ def load_results(path: Path) -> dict:
 # The simulated "proteins" of selfpick.simulate.SIMULATED_PANEL (exact truth, so no label
 # ceiling): 8 training and 4 test micrographs each. png8 is left out (the same micrographs as
 # globular, only stored as 8-bit PNG).
-PANEL = ("globular", "shell", "elongated", "small", "raw16", "crowded", "sparse", "carbon")
+PANEL = ("globular", "shell", "elongated", "small", "raw16", "crowded", "sparse", "carbon",
+         "faint")
 PANEL_TRAIN, PANEL_TEST = 8, 4
 
 

@@ -62,7 +62,7 @@ CryoPPP's PNG exports), uint16 counts as 16-bit grey; PNG carries no pixel size.
 
 **The panel.** :data:`SIMULATED_PANEL` names presets with the variety of real data sets
 (globular, shell, elongated, small, raw16, crowded, sparse, carbon, png8; each differs from
-the default in one respect); :func:`simulate_preset` writes one (``selfpick simulate --preset``)
+the default in one respect; and faint, hard in several at once); :func:`simulate_preset` writes one (``selfpick simulate --preset``)
 and :func:`write_panel_preview` draws a crop of each (``docs/images/simulated_panel.png``).
 
 Units: coordinates and lengths in pixels of the micrograph (``x`` = column, ``y`` = row, the
@@ -1249,6 +1249,12 @@ SIMULATED_PANEL: dict[str, dict[str, Any]] = {
     "carbon": {"carbon_probability": 1.0, "ice_gradient": 1.5, "contaminants": 3.0},
     # 8-bit PNG micrographs, as CryoPPP ships them (grey levels, no pixel size).
     "png8": {"file_format": "png"},
+    # Unlike the others, several hard things at once, as in issue 17's hidden protein (raw,
+    # very noisy 16-bit micrographs, small particles): 32 px particles in uint16 counts at
+    # 10 electrons per pixel and SNR 0.02, with a few hot detector pixels.
+    "faint": {"diameter": 32.0, "pixel_size": 1.5, "pixel_type": "uint16",
+              "dose_per_pixel": 10.0, "snr": 0.02, "defocus_um": (1.0, 3.0),
+              "hot_pixels": 2e-5},
 }
 
 #: What each preset stands for (its settings are in :data:`SIMULATED_PANEL`).
@@ -1262,6 +1268,7 @@ PRESET_NOTES: dict[str, str] = {
     "sparse": "a dilute sample, about 30 particles per micrograph",
     "carbon": "a carbon edge on every micrograph, strong ice gradient, more contaminants",
     "png8": "8-bit PNG micrographs like CryoPPP's exports",
+    "faint": "small particles in raw counts at very low SNR, with hot pixels (hard)",
 }
 
 
@@ -1341,7 +1348,9 @@ def write_panel_preview(
     fig = Figure(figsize=(3.3 * ncol, 3.55 * nrow), dpi=dpi)
     FigureCanvasAgg(fig)
     axes = np.atleast_1d(fig.subplots(nrow, ncol)).ravel()
-    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.5 / (3.55 * nrow),
+    # Room at the top (inches, whatever the number of rows) for the title above the first
+    # row's own titles.
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.6 / (3.55 * nrow),
                         wspace=0.03, hspace=0.12)
     for ax in axes:
         ax.set_axis_off()
@@ -1369,7 +1378,8 @@ def write_panel_preview(
         ax.set_title(f"{name}: d {cfg.diameter:g} px, crop {crop} of {cfg.size} px",
                      fontsize=7)
     fig.suptitle(f"selfpick simulate --preset NAME (micrograph 0, seed {seed}; low-pass "
-                 "filtered, particles dark)", fontsize=8)
+                 "filtered, particles dark)", fontsize=8, y=1 - 0.12 / (3.55 * nrow),
+                 va="top")
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     atomic_write_bytes(path, buf.getvalue())
