@@ -126,7 +126,9 @@ class LossConfig:
                               "of the supervised stage train on: 'labelled' (those with "
                               "picks) or 'all' (the unlabelled ones too, every pixel "
                               "unlabelled, at the particle density the picks imply; half "
-                              "the crops still come from micrographs with picks)",
+                              "the crops still come from micrographs with picks: with a few "
+                              "hundred picks it ranked particles a little better but chose "
+                              "worse thresholds, so it is not the default)",
                               choices=("labelled", "all"))
 
 
