@@ -149,7 +149,10 @@ class TrainConfig:
                          "pixels of the network's grid (192 x --input-stride model pixels)",
                          bounds=(0, None))
     crops_per_epoch: int = opt(0, "crops per epoch; 0 = enough to cover the training "
-                               "micrographs' area once (at least 64)", bounds=(0, None))
+                               "micrographs' area once, at least 64 and at most 160 (so "
+                               "many large micrographs, or thousands of unlabelled ones in "
+                               "self-training, do not make an epoch longer; on a GPU a "
+                               "larger value may buy a little accuracy)", bounds=(0, None))
     grad_clip: float = opt(1.0, "gradient norm clipping (0 = off)", bounds=(0, None))
     val_fraction: float = opt(0.1, "fraction of labelled micrographs held out for validation "
                               "(at least one when there are two or more)", bounds=(0.0, 1.0))

@@ -176,6 +176,20 @@ def test_crop_larger_than_the_image_is_padded_with_ignore():
     assert (t[0, :, 12:] == IGNORE).all() and (x[0, 10:, :] == 0).all()
 
 
+def test_crops_per_epoch_cover_the_area_once_within_bounds():
+    from selfpick.training.data import (MAX_CROPS_PER_EPOCH, MIN_CROPS_PER_EPOCH,
+                                        default_crops_per_epoch)
+
+    def mics(n, side):
+        return [np.zeros((side, side), np.float32)] * n
+
+    assert default_crops_per_epoch(mics(2, 100), 100) == MIN_CROPS_PER_EPOCH  # 2 crops' area
+    assert default_crops_per_epoch(mics(100, 100), 100) == 100
+    assert default_crops_per_epoch(mics(101, 99), 100) == 99  # ceil(101 * 99^2 / 100^2)
+    assert default_crops_per_epoch(mics(5000, 100), 100) == MAX_CROPS_PER_EPOCH
+    assert default_crops_per_epoch(mics(5000, 100), 100, maximum=10**6) == 5000
+
+
 def test_crop_dataset_draws_images_by_weight():
     imgs = [np.full((32, 32), float(k), dtype=np.float32) for k in range(3)]
     tgts = [np.zeros((32, 32), dtype=np.int8) for _ in range(3)]
