@@ -54,16 +54,17 @@ detector's summed frames hold instead: ``counts = Poisson(dose + g * x)`` with `
 noise-free image in noise units (particles, CTF-filtered ice structure, carbon, contaminants,
 ice gradient), ``dose = dose_per_pixel`` and ``g = sqrt(dose / (1 - structural_noise))``, so
 ``(counts - dose) / g`` is again in noise standard deviations and the SNR definition holds
-(recorded per micrograph as ``counts_per_noise_sd``); ``hot_pixels`` adds uncorrected detector
-defects that read :data:`HOT_PIXEL_DOSES` doses at the same places in every micrograph. Counts use the same random draws as the
-float image up to the shot noise. ``file_format="png"`` writes PNG instead of MRC: float32
+(recorded per micrograph as ``counts_per_noise_sd``); ``hot_pixels`` adds uncorrected
+detector defects that read :data:`HOT_PIXEL_DOSES` doses at the same places in every
+micrograph. Counts use the same random draws as the float image up to the shot noise. ``file_format="png"`` writes PNG instead of MRC: float32
 images as 8-bit grey levels (median -/+ 5 robust standard deviations -> 0..255, as in
 CryoPPP's PNG exports), uint16 counts as 16-bit grey; PNG carries no pixel size.
 
 **The panel.** :data:`SIMULATED_PANEL` names presets with the variety of real data sets
-(globular, shell, elongated, small, raw16, crowded, sparse, carbon, png8; each differs from
-the default in one respect; and faint, hard in several at once); :func:`simulate_preset` writes one (``selfpick simulate --preset``)
-and :func:`write_panel_preview` draws a crop of each (``docs/images/simulated_panel.png``).
+(globular, shell, elongated, small, raw16, crowded, sparse, carbon, png8, each differing
+from the default in one respect; and faint, hard in several at once); :func:`simulate_preset`
+writes one (``selfpick simulate --preset``) and :func:`write_panel_preview` draws a crop of
+each (``docs/images/simulated_panel.png``).
 
 Units: coordinates and lengths in pixels of the micrograph (``x`` = column, ``y`` = row, the
 centre of pixel ``data[r, c]`` is at ``(x, y) = (c, r)``), pixel size in Å, defocus in µm
@@ -238,11 +239,11 @@ class SimulationConfig:
             raise SelfpickError("--format png holds unsigned pixels: use --pixel-type uint16 "
                                 "(or float32 for 8-bit grey levels), not int16")
         if not 0.0 <= self.hot_pixels <= 0.01:
-            raise SelfpickError(f"hot_pixels is a share of the pixels in [0, 0.01] "
+            raise SelfpickError(f"--hot-pixels is a share of the pixels, in [0, 0.01] "
                                 f"(got {self.hot_pixels})")
         if self.hot_pixels and self.pixel_type == "float32":
-            raise SelfpickError("hot pixels are a counting detector's: use a uint16 or int16 "
-                                "pixel type")
+            raise SelfpickError("--hot-pixels are a counting detector's: use --pixel-type "
+                                "uint16 or int16")
         if not 0.0 < self.dose_per_pixel <= 5000.0 or not math.isfinite(self.dose_per_pixel):
             raise SelfpickError(f"--dose must be in (0, 5000] electrons per pixel, so counts "
                                 f"fit in 16 bits (got {self.dose_per_pixel})")

@@ -104,7 +104,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                         f"(default {d.dose_per_pixel:g})")
     parser.add_argument("--hot-pixels", type=float, metavar="SHARE",
                         help="share of detector pixels that are hot, for uint16/int16: they "
-                        f"read {HOT_PIXEL_DOSES:g} doses, at the same places in every micrograph (default 0)")
+                        f"read {HOT_PIXEL_DOSES:g} doses, at the same places in every "
+                        "micrograph (default 0)")
     parser.add_argument("--format", dest="file_format", choices=list(FILE_FORMATS),
                         help="micrograph files: mrc, or png (8-bit grey levels like CryoPPP's "
                         "exports; 16-bit for uint16 counts) (default mrc)")
