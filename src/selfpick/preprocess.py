@@ -179,7 +179,7 @@ def _robust_centre_scale(sample: np.ndarray) -> tuple[float, float]:
 
 def clip_outliers(image: np.ndarray, n_sigma: float) -> np.ndarray:
     """Original micrograph ``(ny, nx)`` with pixels farther than ``n_sigma`` robust standard
-    deviations from the median clipped to that bound (a float32 copy; the input is untouched).
+    deviations from the median clipped to that bound, as float32 (the input is untouched).
 
     For hot or dead detector pixels in raw counts: Fourier cropping spreads one such pixel
     into a cross of ringing across the whole model image (a sinc along its row and column)
@@ -188,9 +188,11 @@ def clip_outliers(image: np.ndarray, n_sigma: float) -> np.ndarray:
     model image is clipped at ``clip_sigma`` (5) after downsampling anyway. ``n_sigma`` <= 0:
     no clipping.
     """
-    img = np.array(image, dtype=np.float32, copy=True)
+    img = np.asarray(image, dtype=np.float32)
     if not n_sigma or n_sigma <= 0:
         return img
+    if np.may_share_memory(img, image):  # float32 input (a memory-mapped file, say)
+        img = img.copy()
     step = max(1, int(np.sqrt(img.size / _STATS_MAX_PIXELS)))
     med, sigma = _robust_centre_scale(img[::step, ::step])
     np.clip(img, med - n_sigma * sigma, med + n_sigma * sigma, out=img)
@@ -235,10 +237,12 @@ def _robust_centre_scale_tensor(sample: torch.Tensor) -> tuple[float, float]:
 
 
 def clip_outliers_tensor(image: torch.Tensor, n_sigma: float) -> torch.Tensor:
-    """:func:`clip_outliers` of a tensor ``(ny, nx)``, on its own device (a float32 copy)."""
-    img = image.float().clone()
+    """:func:`clip_outliers` of a tensor ``(ny, nx)``, on its own device, as float32."""
+    img = image.float()
     if not n_sigma or n_sigma <= 0:
         return img
+    if img.data_ptr() == image.data_ptr():
+        img = img.clone()
     step = max(1, int(np.sqrt(img.numel() / _STATS_MAX_PIXELS)))
     med, sigma = _robust_centre_scale_tensor(img[::step, ::step].reshape(-1))
     return img.clamp_(med - n_sigma * sigma, med + n_sigma * sigma)

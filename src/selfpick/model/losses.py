@@ -121,13 +121,13 @@ def unlabelled_prior(n_positive: float, n_unlabelled: float, completeness: float
     if not 0.0 <= w <= 1.0:
         raise ValueError("without_picks must be in [0, 1]")
     area = n_positive + n_unlabelled
-    if area <= 0 or (completeness >= 1.0 and w == 0.0) or (n_unlabelled <= 0 and w == 0.0):
+    if area <= 0:
         return 0.0
     c = min(1.0, max(completeness, 1e-3))
     density = n_positive / c / area  # particle pixels per pixel of a picked micrograph
-    hidden = (1 - w) * n_positive * (1.0 / c - 1.0) / area + w * density
+    hidden = (1 - w) * (density - n_positive / area) + w * density
     unlabelled = (1 - w) * n_unlabelled / area + w
-    return float(min(0.5, hidden / unlabelled))
+    return float(min(0.5, hidden / unlabelled)) if unlabelled > 0 else 0.0
 
 
 class CombinedLoss(nn.Module):

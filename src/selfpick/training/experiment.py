@@ -39,10 +39,9 @@ from selfpick.model.losses import CombinedLoss, PULoss
 from selfpick.model.modelfile import load_model, save_model
 from selfpick.model.unet import UNet
 from selfpick.training import distributed as dist
-from selfpick.training.data import (MAX_CROPS_PER_EPOCH, CropDataset, TrainingMicrograph,
-                                    TrainingSet, crop_side, crops_to_cover,
-                                    default_crops_per_epoch, label_edge_margin,
-                                    load_training_set)
+from selfpick.training.data import (CropDataset, TrainingMicrograph, TrainingSet,
+                                    crop_side, crops_to_cover, default_crops_per_epoch,
+                                    label_edge_margin, load_training_set)
 from selfpick.training.loop import stage_learning_rate, train_stage
 from selfpick.training.pseudolabels import (PseudoLabelStats, calibrated_background,
                                             estimated_particles, estimated_precision,
@@ -534,11 +533,10 @@ def _run_stages(cfg: Config, ts: TrainingSet, out: Path, device: torch.device,
                 targets = [np.load(stage_dir / "pseudo_labels" / f"{m.name}.npy") for m in pool]
         images = [m.image for m in pool]
         length = cfg.train.crops_per_epoch or default_crops_per_epoch(images, crop)
-        if not cfg.train.crops_per_epoch and is_main \
-                and crops_to_cover(images, crop) > MAX_CROPS_PER_EPOCH:
+        cover = crops_to_cover(images, crop)
+        if not cfg.train.crops_per_epoch and is_main and cover > length:
             log.info("%s: %d crops an epoch (covering the %d micrographs once would take %d; "
-                     "--crops-per-epoch sets it)", name, length, len(images),
-                     crops_to_cover(images, crop))
+                     "--crops-per-epoch sets it)", name, length, len(images), cover)
         dataset = CropDataset(images, targets, crop, length, seed=cfg.train.seed * 1000 + k)
         epochs = cfg.train.initial_epochs if k == 0 else cfg.train.retrain_epochs
         stage_loss = loss_fn
