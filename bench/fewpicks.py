@@ -12,7 +12,10 @@ curated labels:
   and simulated, whose micrographs hold fewer particles: 25 each);
 - ``B2`` "one micrograph": 1 training micrograph with 50 random picks (10028, simulated: 25);
 - ``B3`` "sparse everywhere": 10 % of the particles of every training micrograph;
-- ``all``: every particle of every training micrograph (the ceiling of these labels).
+- ``all``: every particle of every training micrograph (the ceiling of these labels);
+- ``B1-all``: B1's micrographs (the same draw) with every particle labelled, the others
+  unlabelled: what those few micrographs could teach if they were picked completely, which
+  separates "few micrographs" from "few picks on them" (not run by default).
 
 For each: iteration 0, the stage the experiment chose (``best_model.pt``) and the last stage;
 precision, recall and F1 at the stage's own threshold, best F1 over thresholds, AP over all
@@ -51,7 +54,9 @@ import accuracy  # noqa: E402
 from realdata import DATASETS, RealDataset  # noqa: E402
 
 RESULTS = accuracy.RESULTS
-BUDGETS = ("B1", "B2", "B3", "all")
+BUDGETS = ("B1", "B2", "B3", "all", "B1-all")
+# Budgets that reuse another's draw of micrographs but label every particle on them.
+COMPLETE_ON = {"B1-all": "B1"}
 # (micrographs with picks, picks per micrograph) per budget and data set; B3 and all are
 # fractions of every micrograph's particles.
 PICKS = {"10017": {"B1": (3, 65), "B2": (1, 50)}}
@@ -63,16 +68,19 @@ def write_budget(folder: Path, ds: RealDataset, budget: str, seed: int) -> dict:
     """The picks of one budget as CryoPPP CSVs in ``folder``; returns what was drawn."""
     folder.mkdir(parents=True, exist_ok=True)
     train, _ = ds.split()
-    rng = np.random.default_rng([seed, BUDGETS.index(budget)])
-    if budget in FRACTION:
+    draw = COMPLETE_ON.get(budget, budget)
+    rng = np.random.default_rng([seed, BUDGETS.index(draw)])
+    if draw in FRACTION:
         chosen, per = list(train), None
     else:
-        n_mics, per = PICKS.get(ds.key, SMALL)[budget]
+        n_mics, per = PICKS.get(ds.key, SMALL)[draw]
         chosen = sorted(rng.choice(train, size=n_mics, replace=False).tolist())
+        if budget in COMPLETE_ON:
+            per = None
     n_picks = 0
     for name in chosen:
         df = pd.read_csv(ds.coordinates / f"{name}.csv")
-        k = per if per is not None else max(1, int(round(FRACTION[budget] * len(df))))
+        k = per if per is not None else max(1, int(round(FRACTION.get(budget, 1.0) * len(df))))
         k = min(k, len(df))
         if k < len(df):
             df = df.iloc[np.sort(rng.choice(len(df), size=k, replace=False))]
@@ -211,7 +219,8 @@ def main() -> int:
                     choices=[*DATASETS, *(f"sim-{p}" for p in accuracy.PANEL), "panel"],
                     help="real data sets, simulated panel presets (sim-NAME, exact truth) or "
                          "'panel' (default: both real sets and sim-globular)")
-    ap.add_argument("--budgets", nargs="+", default=list(BUDGETS), choices=BUDGETS)
+    ap.add_argument("--budgets", nargs="+", default=[b for b in BUDGETS if b not in COMPLETE_ON],
+                    choices=BUDGETS, help="label budgets (default: all but B1-all)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--train-args", default="", help="extra selfpick train flags (tuning only)")
     ap.add_argument("--work", default=None, help="working folder (default: a temporary one)")

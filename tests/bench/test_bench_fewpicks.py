@@ -71,6 +71,10 @@ def test_budget_draw_depends_on_the_seed_and_keeps_curated_rows(tmp_path):
     assert len(draws) > 1
     every = fewpicks.write_budget(tmp_path / "all", ds, "all", 0)
     assert every["picks"] == 200 and every["unlabelled_micrographs"] == 0
+    # B1-all: B1's micrographs of the same seed, every particle on them labelled.
+    full = fewpicks.write_budget(tmp_path / "b1all", ds, "B1-all", 0)
+    assert full["labelled_micrographs"] == a["labelled_micrographs"]
+    assert full["picks"] == 120 and full["unlabelled_micrographs"] == 2
 
 
 def test_update_docs_replaces_only_the_marked_block(tmp_path):
