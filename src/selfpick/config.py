@@ -199,6 +199,13 @@ class SelfTrainConfig:
                                "'background' (those the model scores far below its "
                                "threshold are background; focal + Dice loss)",
                                choices=("background", "unlabelled"))
+    student: str = opt("finetune", "how each self-training iteration's model starts: "
+                       "'finetune' goes on from the previous stage's weights for "
+                       "--retrain-epochs at a third of the learning rate; 'fresh' trains a "
+                       "new network from random weights on the pseudo-labels for "
+                       "--initial-epochs at the full learning rate (a student that does not "
+                       "inherit its teacher's mistakes, at the cost of a full training)",
+                       choices=("finetune", "fresh"))
     early_stop_patience: int = opt(0, "stop self-training after this many iterations without a "
                                    "better validation particle F1 (0 = never)", bounds=(0, None))
     self_train_complete_labels: bool = opt(False, "self-train even when the validation labels "

@@ -155,7 +155,7 @@ def _completed(out: Path, root: dict, k: int) -> dict | None:
 # Settings a resumed run may change; everything else is the experiment's own.
 RESUME_CHANGEABLE = frozenset({"self_training_iterations", "retrain_epochs", "device", "workers",
                                "early_stop_patience", "multi_gpu", "output_dir", "amp",
-                               "self_train_complete_labels", "unpicked_pixels"})
+                               "self_train_complete_labels", "unpicked_pixels", "student"})
 
 
 def _resolve_resume_config(out: Path, cfg: Config, explicit: set[str] | None) -> Config:
@@ -538,14 +538,18 @@ def _run_stages(cfg: Config, ts: TrainingSet, out: Path, device: torch.device,
             log.info("%s: %d crops an epoch (covering the %d micrographs once would take %d; "
                      "--crops-per-epoch sets it)", name, length, len(images), cover)
         dataset = CropDataset(images, targets, crop, length, seed=cfg.train.seed * 1000 + k)
-        epochs = cfg.train.initial_epochs if k == 0 else cfg.train.retrain_epochs
+        fresh = k > 0 and cfg.selftrain.student == "fresh"
+        if fresh:
+            # (an interrupted stage's checkpoint then replaces these weights in train_stage)
+            _reinitialise(model, cfg, k)
+        epochs = cfg.train.initial_epochs if k == 0 or fresh else cfg.train.retrain_epochs
         stage_loss = loss_fn
         if k > 0 and cfg.selftrain.unpicked_pixels == "unlabelled":
             prior = pl_stats.unlabelled_prior if is_main else 0.0
             stage_loss = PULoss(dist.broadcast_number(prior or 0.0))
         history = train_stage(train_model, dataset, cfg.train, epochs, device, stage_loss, name,
                               stage_dir / "checkpoint.pt", progress,
-                              lr=stage_learning_rate(cfg.train, k))
+                              lr=stage_learning_rate(cfg.train, 0 if fresh else k))
         val = None
         if is_main:
             val = _validate(cfg, model, ts, val_mics, val_split, device, progress)
@@ -608,6 +612,15 @@ def _run_stages(cfg: Config, ts: TrainingSet, out: Path, device: torch.device,
         best_stage = _finish(out, root)
     dist.barrier()
     return ExperimentResult(out, stages if is_main else [], best_stage)
+
+
+def _reinitialise(model: torch.nn.Module, cfg: Config, k: int) -> None:
+    """Random weights for self-training iteration ``k``'s fresh student, drawn from the run's
+    seed and ``k`` (reproducible, and the same on every DDP rank)."""
+    with torch.random.fork_rng():  # the run's own random stream goes on untouched
+        torch.manual_seed(cfg.train.seed * 1000 + k)
+        fresh = UNet.from_config(cfg.model)
+    model.load_state_dict(fresh.state_dict())
 
 
 def _stop_after(cfg: Config, k: int, n_stages: int, stages: list[dict], since_best: int,
