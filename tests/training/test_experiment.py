@@ -464,3 +464,44 @@ def test_a_resumed_experiment_stops_where_early_stopping_stopped_it(tiny_data, t
     run_training(cfg, resume=True, progress=False)
     assert [s["stage"] for s in _read(out / "metrics.json")["stages"]] == STAGES
     assert not (out / "iteration_2_selftrain").exists()
+
+
+def test_a_fresh_student_starts_from_seeded_random_weights():
+    from selfpick.config import Config
+    from selfpick.model.unet import UNet
+
+    cfg = Config()
+    cfg.update({"depth": 2, "width": 4, "seed": 3})
+
+    def weights(k):
+        model = UNet.from_config(cfg.model)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.fill_(0.5)  # "trained" weights, to be replaced
+        experiment._reinitialise(model, cfg, k)
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    a, b, c = weights(1), weights(1), weights(2)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert not torch.all(a == 0.5)
+    # The run's own random stream goes on as if nothing had been drawn.
+    model = UNet.from_config(cfg.model)
+    torch.manual_seed(11)
+    expected = torch.rand(3)
+    torch.manual_seed(11)
+    experiment._reinitialise(model, cfg, 1)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_a_fresh_student_trains_for_the_initial_epochs(tiny_data, tmp_path, monkeypatch):
+    calls = []
+    real = experiment._reinitialise
+    monkeypatch.setattr(experiment, "_reinitialise",
+                        lambda model, cfg, k: (calls.append(k), real(model, cfg, k)))
+    out = tmp_path / "exp"
+    cfg = tiny_config(tiny_data.output_dir, out, student="fresh", initial_epochs=2,
+                      retrain_epochs=1)
+    run_training(cfg, progress=False)
+    stages = _read(out / "metrics.json")["stages"]
+    assert calls == [1]
+    assert [s["training"]["epochs"] for s in stages] == [2, 2]
