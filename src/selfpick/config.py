@@ -120,7 +120,10 @@ class LossConfig:
                          "than half the particles picked), the supervised stage goes on for "
                          "this many epochs with a positive-unlabelled loss that does not count "
                          "unpicked particles as background (class prior from the estimated "
-                         "completeness) and keeps whichever model validates better; 0 = off",
+                         "completeness) and keeps whichever model validates better; with "
+                         "fewer than 30 labelled validation particles, which can tell neither, "
+                         "whenever the picks are not clearly complete, and the PU model is "
+                         "kept; 0 = off",
                          bounds=(0, None))
     pu_micrographs: str = opt("labelled", "which micrographs the positive-unlabelled epochs "
                               "of the supervised stage train on: 'labelled' (those with "

@@ -49,7 +49,8 @@ from selfpick.training.pseudolabels import (PseudoLabelStats, calibrated_backgro
                                             label_shares, listing_floor, peak_pseudo_labels,
                                             pixel_pseudo_labels, score_for_precision,
                                             threshold_schedule, unlabelled_share)
-from selfpick.training.validate import (CANDIDATE_FLOOR, COMPLETE_LABELS, ValidationResult,
+from selfpick.training.validate import (CANDIDATE_FLOOR, COMPLETE_LABELS,
+                                        FEW_VALIDATION_PARTICLES, ValidationResult,
                                         predict_micrographs, validate)
 from selfpick.utils.atomic import atomic_path, atomic_write_json, ensure_writable_dir
 from selfpick.utils.runtime import resolve_device, seed_everything, tune_allocator, versions
@@ -284,14 +285,22 @@ def _positive_unlabelled(cfg: Config, train_model, model, val, pool, images, cro
     :data:`PU_BELOW`, training goes on for ``pu_epochs`` with
     :class:`~selfpick.model.losses.PULoss`, whose unlabelled pixels hold particles at the
     share ``c`` implies; the stage then keeps whichever model has the better validation F1
-    (rank 0 decides, every rank follows). Returns ``(validation, record for metrics.json or
+    (rank 0 decides, every rank follows). With fewer than :data:`FEW_VALIDATION_PARTICLES`
+    labelled validation particles the epochs run below :data:`COMPLETE_LABELS` and their
+    model is kept. Returns ``(validation, record for metrics.json or
     None, history of the extra epochs)``.
     """
     from selfpick.model.losses import unlabelled_prior
     from selfpick.training.loop import StageHistory
 
     c = val.completeness if val is not None else 1.0
-    go = dist.broadcast_flag(c < PU_BELOW)
+    n_val = int(val.metrics["particle"]["n_true"]) if val is not None else 0
+    # Fewer than FEW_VALIDATION_PARTICLES labelled validation particles cannot tell partial
+    # picks from complete ones (8 in a strip read a completeness of 0.57 where 25 of ~90
+    # particles were picked), nor which model validates better: then the PU epochs run unless
+    # the labels look complete, and their model is kept (bench/NOTES.md).
+    few = n_val < FEW_VALIDATION_PARTICLES
+    go = dist.broadcast_flag(c < PU_BELOW or (few and c < COMPLETE_LABELS))
     if not go:
         return val, None, StageHistory()
     n_pos = sum(int(np.count_nonzero(m.gt_target == 1)) for m in pool)
@@ -313,9 +322,12 @@ def _positive_unlabelled(cfg: Config, train_model, model, val, pool, images, cro
         targets = targets + [np.zeros(m.image.shape, dtype=np.int8) for m in others]
     prior = dist.broadcast_number(unlabelled_prior(n_pos, n_unl, c, share))
     if dist.is_main():
-        log.info("%s: picks look partial (estimated completeness %.2f): %d more epochs with a "
+        log.info("%s: picks %s (estimated completeness %.2f%s): %d more epochs with a "
                  "positive-unlabelled loss on %d micrographs%s (%.1f%% of the unlabelled "
-                 "pixels taken to be unpicked particles)", SUPERVISED, c, cfg.loss.pu_epochs,
+                 "pixels taken to be unpicked particles)", SUPERVISED,
+                 "look partial" if c < PU_BELOW else "may be partial", c,
+                 f" from {n_val} labelled validation particles" if few else "",
+                 cfg.loss.pu_epochs,
                  len(images), f", {len(others)} of them without picks" if others else "",
                  100 * prior)
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -331,15 +343,18 @@ def _positive_unlabelled(cfg: Config, train_model, model, val, pool, images, cro
         pu_val = _validate(cfg, model, ts, val_mics, val_split, device, progress)
         f_pn = selection_f1({"validation": val.metrics})
         f_pu = selection_f1({"validation": pu_val.metrics})
-        keep_pu = f_pu >= f_pn
+        keep_pu = f_pu >= f_pn or few
         record = {"unlabelled_prior": prior, "completeness_before": c, "epochs":
                   cfg.loss.pu_epochs, "micrographs": len(images),
                   "micrographs_without_picks": len(others),
                   "validation_f1_before": f_pn, "validation_f1_after": f_pu,
+                  "validation_particles": n_val,
                   "kept": "positive-unlabelled" if keep_pu else "supervised (before)"}
         log.info("%s: validation F1 %.3f before, %.3f after the positive-unlabelled epochs: "
-                 "keeping the model %s", SUPERVISED, f_pn, f_pu,
-                 "after" if keep_pu else "before")
+                 "keeping the model %s%s", SUPERVISED, f_pn, f_pu,
+                 "after" if keep_pu else "before",
+                 f" (fewer than {FEW_VALIDATION_PARTICLES} labelled validation particles "
+                 "cannot decide)" if few else "")
         if keep_pu:
             val = pu_val
     if not dist.broadcast_flag(keep_pu):
