@@ -38,16 +38,15 @@ def test_few_picks_on_one_micrograph_train_validate_on_a_strip_and_report(tiny_d
     log = (out / "training.log").read_text()
     assert "held-out strip" in log
     assert "average 8 views of each micrograph" in log  # the default test-time augmentation
-    # 12 of ~30 particles: the supervised stage goes on with the positive-unlabelled loss
-    # when validation sees the picks as clearly partial, and says which model it kept
+    # 12 of ~30 particles, a few of them in the strip: too few validation particles to tell
+    # partial picks from complete ones, so the supervised stage goes on with the
+    # positive-unlabelled loss unless the labels look complete, and keeps that model
     pu = stage0["positive_unlabelled"]
-    # (decided on the supervised model's completeness; the stage reports the kept model's)
     if pu is None:
-        assert stage0["label_completeness"] >= 0.5
+        assert stage0["label_completeness"] >= 0.8
     else:
-        assert pu["completeness_before"] < 0.5
-    if pu is not None:
-        assert pu["kept"] in log
+        assert pu["completeness_before"] < 0.8 and pu["validation_particles"] == in_strip
+        assert pu["kept"] == "positive-unlabelled" and "cannot decide" in log
     p0 = stage0["validation"]["particle"]
     assert "threshold_uncertainty" in p0
     # a strip of a few particles: the threshold sits in the middle of the uncertain range,
@@ -93,6 +92,31 @@ def test_partial_picks_continue_the_supervised_stage_with_the_pu_loss(tiny_data,
     assert pu["validation_f1_after"] >= 0 and pu["validation_f1_before"] >= 0
     assert len(result.stages[0]["training"]) and not (out / SUPERVISED / "checkpoint_pu.pt").exists()
     assert "positive-unlabelled loss" in (out / "training.log").read_text()
+
+
+@pytest.mark.parametrize("few", [True, False])
+def test_few_validation_particles_run_the_pu_epochs_and_keep_them(tiny_data, tmp_path,
+                                                                 monkeypatch, few):
+    from selfpick.training import experiment
+
+    # Only the few-particles rule can start the PU epochs here (labels never "clearly
+    # partial", never "complete"); validation prefers the model before them.
+    monkeypatch.setattr(experiment, "PU_BELOW", 0.0)
+    monkeypatch.setattr(experiment, "COMPLETE_LABELS", 1.01)
+    monkeypatch.setattr(experiment, "FEW_VALIDATION_PARTICLES", 10**6 if few else 0)
+    scores = iter([0.9, 0.1])
+    real = experiment.selection_f1
+    monkeypatch.setattr(experiment, "selection_f1",
+                        lambda entry: next(scores, None) or real(entry))
+    out = tmp_path / "exp"
+    cfg = tiny_config(tiny_data.output_dir, out, self_training_iterations=0, pu_epochs=1)
+    pu = run_training(cfg, progress=False).stages[0]["positive_unlabelled"]
+    if few:
+        assert pu["kept"] == "positive-unlabelled"
+        assert (pu["validation_f1_before"], pu["validation_f1_after"]) == (0.9, 0.1)
+        assert "may be partial" in (out / "training.log").read_text()
+    else:
+        assert pu is None
 
 
 def test_pu_epochs_can_train_on_the_micrographs_without_picks(tiny_data, tmp_path,
