@@ -134,6 +134,7 @@ def summarise(runs: list[dict]) -> dict:
         for k in ("f1", "best_f1", "average_precision"):
             g = np.array([r["chosen"][k] - r["iteration_0"][k] for r in rs], dtype=float)
             row[f"gain_{k}"] = [float(g.mean()), float(g.std(ddof=1)) if len(g) > 1 else 0.0]
+        row["self_trained"] = sum(1 for r in rs if not r.get("self_training_skipped"))
         out[budget] = row
     return out
 
@@ -163,7 +164,7 @@ def markdown(table: dict) -> str:
     lines += ["", "| budget | self-training gain, chosen − iteration 0 (mean ± sd over draws) "
               "| F1 (own threshold) | best F1 | AP |", "|---|---|---|---|---|"]
     for budget, row in table.items():
-        if "gain_f1" in row:
+        if "gain_f1" in row and row.get("self_trained", 1):  # complete labels: no gain row
             lines.append(f"| {budget} | {row['n_seeds']} draw(s) | {ms(row['gain_f1'])} | "
                          f"{ms(row['gain_best_f1'])} | {ms(row['gain_average_precision'])} |")
     return "\n".join(lines)
