@@ -121,9 +121,9 @@ class LossConfig:
                          "this many epochs with a positive-unlabelled loss that does not count "
                          "unpicked particles as background (class prior from the estimated "
                          "completeness) and keeps whichever model validates better; with "
-                         "fewer than 30 labelled validation particles, which can tell neither, "
-                         "whenever the picks are not clearly complete, and the PU model is "
-                         "kept; 0 = off",
+                         "fewer than 30 labelled validation particles, which can tell "
+                         "neither, it runs whenever the picks do not look complete and its "
+                         "model is kept; 0 = off",
                          bounds=(0, None))
     pu_micrographs: str = opt("labelled", "which micrographs the positive-unlabelled epochs "
                               "of the supervised stage train on: 'labelled' (those with "
@@ -207,7 +207,9 @@ class SelfTrainConfig:
                        "--retrain-epochs at a third of the learning rate; 'fresh' trains a "
                        "new network from random weights on the pseudo-labels for "
                        "--initial-epochs at the full learning rate (a student that does not "
-                       "inherit its teacher's mistakes, at the cost of a full training)",
+                       "inherit its teacher's mistakes, at the cost of a full training: on "
+                       "9 few-pick runs it ranked within the draws' spread of 'finetune', "
+                       "+0.006 AP, at 4-5 times the iteration's time)",
                        choices=("finetune", "fresh"))
     early_stop_patience: int = opt(0, "stop self-training after this many iterations without a "
                                    "better validation particle F1 (0 = never)", bounds=(0, None))

@@ -287,8 +287,8 @@ def _positive_unlabelled(cfg: Config, train_model, model, val, pool, images, cro
     share ``c`` implies; the stage then keeps whichever model has the better validation F1
     (rank 0 decides, every rank follows). With fewer than :data:`FEW_VALIDATION_PARTICLES`
     labelled validation particles the epochs run below :data:`COMPLETE_LABELS` and their
-    model is kept. Returns ``(validation, record for metrics.json or
-    None, history of the extra epochs)``.
+    model is kept. Returns ``(validation, record for metrics.json or None, history of the
+    extra epochs)``.
     """
     from selfpick.model.losses import unlabelled_prior
     from selfpick.training.loop import StageHistory
@@ -632,7 +632,10 @@ def _run_stages(cfg: Config, ts: TrainingSet, out: Path, device: torch.device,
 def _reinitialise(model: torch.nn.Module, cfg: Config, k: int) -> None:
     """Random weights for self-training iteration ``k``'s fresh student, drawn from the run's
     seed and ``k`` (reproducible, and the same on every DDP rank)."""
-    with torch.random.fork_rng():  # the run's own random stream goes on untouched
+    device = next(model.parameters()).device
+    # The run's own random streams (CPU, and this rank's GPU, which manual_seed also seeds)
+    # go on untouched.
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
         torch.manual_seed(cfg.train.seed * 1000 + k)
         fresh = UNet.from_config(cfg.model)
     model.load_state_dict(fresh.state_dict())
