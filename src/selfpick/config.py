@@ -116,14 +116,13 @@ class LossConfig:
                                    "(class imbalance); unset = 1", bounds=(0, None), above=True)
     focal_weight: float = opt(0.7, "weight of the focal term in the combined loss", bounds=(0, None))
     dice_weight: float = opt(0.3, "weight of the Dice term in the combined loss", bounds=(0, None))
-    pu_epochs: int = opt(20, "when validation says the picks are clearly partial (fewer "
-                         "than half the particles picked), the supervised stage goes on for "
-                         "this many epochs with a positive-unlabelled loss that does not count "
-                         "unpicked particles as background (class prior from the estimated "
-                         "completeness) and keeps whichever model validates better; with "
-                         "fewer than 30 labelled validation particles, which can tell "
-                         "neither, it runs whenever the picks do not look complete and its "
-                         "model is kept; 0 = off",
+    pu_epochs: int = opt(80, "when the picks look partial (validation after a quarter of the "
+                         "supervised epochs finds fewer than half the particles picked, or, "
+                         "with fewer than 30 labelled validation particles, which cannot "
+                         "tell, fewer than 8 in 10), supervised training stops there and "
+                         "goes on for this many epochs with a positive-unlabelled loss that "
+                         "does not count unpicked particles as background (class prior from "
+                         "the estimated completeness); 0 = off",
                          bounds=(0, None))
     pu_micrographs: str = opt("labelled", "which micrographs the positive-unlabelled epochs "
                               "of the supervised stage train on: 'labelled' (those with "

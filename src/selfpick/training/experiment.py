@@ -273,34 +273,90 @@ PU_BELOW = 0.5
 # With --pu-micrographs all, the share of the positive-unlabelled epochs' crops drawn from
 # the micrographs with picks (the rest from those without).
 LABELLED_CROP_SHARE = 0.5
+# Share of the supervised epochs after which validation first asks whether the picks look
+# partial. If they do, supervised training stops there and the positive-unlabelled epochs
+# follow: every further supervised epoch teaches the unpicked particles as background more
+# firmly (EMPIAR-10017, 3 x 65 picks: a model stopped after 20 of 80 epochs ranked the
+# unlabelled training micrographs better, AP 0.816 vs 0.777, and PU epochs from there better
+# still, bench/NOTES.md). Complete labels never stop there and train as before.
+PU_SWITCH_FRACTION = 0.25
+
+
+def pu_switch_epoch(initial_epochs: int) -> int:
+    """The supervised epoch after which the picks are first judged partial or not."""
+    return max(1, min(initial_epochs, round(PU_SWITCH_FRACTION * initial_epochs)))
+
+
+def _picks_look_partial(val: ValidationResult | None) -> tuple[bool, float, int]:
+    """``(partial, estimated completeness, labelled validation particles)``.
+
+    Partial below :data:`PU_BELOW`; with fewer than :data:`FEW_VALIDATION_PARTICLES`
+    labelled validation particles, below :data:`COMPLETE_LABELS`: so few cannot tell partial
+    picks from complete ones (8 in a strip read a completeness of 0.57 where 25 of ~90
+    particles were picked, bench/NOTES.md), so the picks count as partial unless they look
+    complete.
+    """
+    if val is None:
+        return False, 1.0, 0
+    c = float(val.completeness)
+    n_val = int(val.metrics["particle"]["n_true"])
+    few = n_val < FEW_VALIDATION_PARTICLES
+    return bool(c < PU_BELOW or (few and c < COMPLETE_LABELS)), c, n_val
+
+
+class _PartialPicksProbe:
+    """``stop_after`` of the supervised stage: after :func:`pu_switch_epoch` epochs, rank 0
+    validates the model and every rank stops when the picks look partial; the validation
+    is kept in :attr:`val` for the positive-unlabelled epochs that follow."""
+
+    def __init__(self, cfg: Config, model, ts: TrainingSet, val_mics, val_split: str,
+                 device, progress: bool):
+        self.at = pu_switch_epoch(cfg.train.initial_epochs)
+        self.args = (cfg, model, ts, val_mics, val_split, device, progress)
+        self.val: ValidationResult | None = None
+        self.partial = False
+
+    def __call__(self, epochs_done: int) -> bool:
+        if epochs_done != self.at:
+            return False
+        val = _validate(*self.args) if dist.is_main() else None
+        partial, c, n_val = _picks_look_partial(val) if dist.is_main() else (False, 1.0, 0)
+        self.partial = dist.broadcast_flag(partial)
+        if self.partial:
+            self.val = val
+        if dist.is_main():
+            log.info("%s: after %d of %d epochs the picks %s (estimated completeness %.2f on "
+                     "%d labelled validation particles)%s", SUPERVISED, epochs_done,
+                     self.args[0].train.initial_epochs,
+                     "look partial" if partial else "do not look partial", c, n_val,
+                     ": supervised training stops here, so as not to teach the unpicked "
+                     "particles as background" if partial else "")
+        return self.partial
 
 
 def _positive_unlabelled(cfg: Config, train_model, model, val, pool, images, crop: int,
                          length: int, device, stage_dir: Path, progress: bool, val_mics,
-                         val_split: str, ts: TrainingSet):
+                         val_split: str, ts: TrainingSet, switched_after: int | None = None):
     """The supervised stage's second half when the picks look partial.
 
-    Trained as usual, the network has learnt every unpicked particle on the training
-    micrographs as background. When validation estimates the label completeness ``c`` below
-    :data:`PU_BELOW`, training goes on for ``pu_epochs`` with
-    :class:`~selfpick.model.losses.PULoss`, whose unlabelled pixels hold particles at the
-    share ``c`` implies; the stage then keeps whichever model has the better validation F1
-    (rank 0 decides, every rank follows). With fewer than :data:`FEW_VALIDATION_PARTICLES`
-    labelled validation particles the epochs run below :data:`COMPLETE_LABELS` and their
-    model is kept. Returns ``(validation, record for metrics.json or None, history of the
-    extra epochs)``.
+    Trained as usual, the network learns every unpicked particle on the training
+    micrographs as background. When the picks look partial (:func:`_picks_look_partial`),
+    training goes on for ``pu_epochs`` with :class:`~selfpick.model.losses.PULoss`, whose
+    unlabelled pixels hold particles at the share the estimated completeness implies.
+    ``switched_after``: the supervised epochs were stopped after this many
+    (:class:`_PartialPicksProbe`, the default path): the PU model is kept, the half-trained
+    one before it being no alternative. Otherwise (the probe found the picks complete, the
+    full supervised stage found them partial) the stage keeps whichever model has the better
+    validation F1 (rank 0 decides, every rank follows), or the PU model when fewer than
+    :data:`FEW_VALIDATION_PARTICLES` labelled validation particles cannot decide. Returns
+    ``(validation, record for metrics.json or None, history of the extra epochs)``.
     """
     from selfpick.model.losses import unlabelled_prior
     from selfpick.training.loop import StageHistory
 
-    c = val.completeness if val is not None else 1.0
-    n_val = int(val.metrics["particle"]["n_true"]) if val is not None else 0
-    # Fewer than FEW_VALIDATION_PARTICLES labelled validation particles cannot tell partial
-    # picks from complete ones (8 in a strip read a completeness of 0.57 where 25 of ~90
-    # particles were picked), nor which model validates better: then the PU epochs run unless
-    # the labels look complete, and their model is kept (bench/NOTES.md).
+    partial, c, n_val = _picks_look_partial(val) if dist.is_main() else (False, 1.0, 0)
     few = n_val < FEW_VALIDATION_PARTICLES
-    go = dist.broadcast_flag(c < PU_BELOW or (few and c < COMPLETE_LABELS))
+    go = dist.broadcast_flag(partial or switched_after is not None)
     if not go:
         return val, None, StageHistory()
     n_pos = sum(int(np.count_nonzero(m.gt_target == 1)) for m in pool)
@@ -343,9 +399,10 @@ def _positive_unlabelled(cfg: Config, train_model, model, val, pool, images, cro
         pu_val = _validate(cfg, model, ts, val_mics, val_split, device, progress)
         f_pn = selection_f1({"validation": val.metrics})
         f_pu = selection_f1({"validation": pu_val.metrics})
-        keep_pu = f_pu >= f_pn or few
+        keep_pu = f_pu >= f_pn or few or switched_after is not None
         record = {"unlabelled_prior": prior, "completeness_before": c, "epochs":
-                  cfg.loss.pu_epochs, "micrographs": len(images),
+                  cfg.loss.pu_epochs, "after_supervised_epochs": switched_after or
+                  cfg.train.initial_epochs, "micrographs": len(images),
                   "micrographs_without_picks": len(others),
                   "validation_f1_before": f_pn, "validation_f1_after": f_pu,
                   "validation_particles": n_val,
@@ -353,6 +410,8 @@ def _positive_unlabelled(cfg: Config, train_model, model, val, pool, images, cro
         log.info("%s: validation F1 %.3f before, %.3f after the positive-unlabelled epochs: "
                  "keeping the model %s%s", SUPERVISED, f_pn, f_pu,
                  "after" if keep_pu else "before",
+                 f" (the supervised epochs stopped after {switched_after})"
+                 if switched_after is not None else
                  f" (fewer than {FEW_VALIDATION_PARTICLES} labelled validation particles "
                  "cannot decide)" if few else "")
         if keep_pu:
@@ -562,17 +621,25 @@ def _run_stages(cfg: Config, ts: TrainingSet, out: Path, device: torch.device,
         if k > 0 and cfg.selftrain.unpicked_pixels == "unlabelled":
             prior = pl_stats.unlabelled_prior if is_main else 0.0
             stage_loss = PULoss(dist.broadcast_number(prior or 0.0))
+        probe = None
+        if k == 0 and cfg.loss.pu_epochs > 0:
+            probe = _PartialPicksProbe(cfg, model, ts, val_mics, val_split, device, progress)
         history = train_stage(train_model, dataset, cfg.train, epochs, device, stage_loss, name,
                               stage_dir / "checkpoint.pt", progress,
-                              lr=stage_learning_rate(cfg.train, 0 if fresh else k))
+                              lr=stage_learning_rate(cfg.train, 0 if fresh else k),
+                              stop_after=probe)
+        switched_after = probe.at if probe is not None and probe.partial else None
+        if switched_after is not None:
+            epochs = switched_after
         val = None
         if is_main:
-            val = _validate(cfg, model, ts, val_mics, val_split, device, progress)
+            val = probe.val if switched_after is not None else _validate(
+                cfg, model, ts, val_mics, val_split, device, progress)
         pu = None
         if k == 0 and cfg.loss.pu_epochs > 0:
             val, pu, extra = _positive_unlabelled(cfg, train_model, model, val, pool, images,
                                                   crop, length, device, stage_dir, progress,
-                                                  val_mics, val_split, ts)
+                                                  val_mics, val_split, ts, switched_after)
             history.epochs += extra.epochs
         if is_main:
             entry = {

@@ -104,12 +104,17 @@ def load_checkpoint(path: Path) -> dict | None:
 def train_stage(model: torch.nn.Module, dataset, cfg: TrainConfig, epochs: int,
                 device: torch.device, loss_fn: Callable, stage: str,
                 checkpoint_path: Path | None = None, progress: bool = True,
-                lr: float | None = None) -> StageHistory:
+                lr: float | None = None,
+                stop_after: Callable[[int], bool] | None = None) -> StageHistory:
     """Train ``model`` for ``epochs`` epochs on ``dataset`` (a CropDataset).
 
     Resumes from ``checkpoint_path`` when it holds this stage's state. Under DDP (see
     :mod:`selfpick.training.distributed`) each rank sees its share of every epoch's crops and
-    only rank 0 writes checkpoints and logs.
+    only rank 0 writes checkpoints and logs. ``stop_after(n)``, when given, is called on every
+    rank once ``n`` epochs are done (checkpoint written; on resume, for the epochs already
+    done) and ends the stage early when it returns True; it must return the same on every
+    rank and must not disturb training (no random draws), so that a stage it lets run is
+    the stage it would have been without it.
     """
     history = StageHistory()
     rank, world = dist.rank_world()
@@ -130,6 +135,8 @@ def train_stage(model: torch.nn.Module, dataset, cfg: TrainConfig, epochs: int,
         start = int(ckpt["epoch"])
         if start and rank == 0:
             log.info("%s: resuming after epoch %d of %d", stage, start, epochs)
+    if start and stop_after is not None and stop_after(start):
+        return history
 
     for epoch in range(start, epochs):
         dataset.set_epoch(epoch)
@@ -186,4 +193,6 @@ def train_stage(model: torch.nn.Module, dataset, cfg: TrainConfig, epochs: int,
                 save_checkpoint(checkpoint_path, model, optimizer, scheduler, epoch + 1, stage,
                                 history, scaler)
         dist.barrier()
+        if stop_after is not None and stop_after(epoch + 1):
+            break
     return history
