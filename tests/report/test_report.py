@@ -60,7 +60,7 @@ def test_report_html_has_the_metrics_table(default_report, tiny_experiment):
     assert re.search(rf'<tr class="best"><td class="stage">{best}<span class="badge">best',
                      table)
     assert page.count('<tr class="best">') >= 1
-    assert "Pseudo-labels per self-training stage" in page
+    assert "Partial picks and pseudo-labels" in page
     assert "pseudo-particles added" in page
 
 

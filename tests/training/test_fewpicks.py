@@ -76,6 +76,7 @@ def test_few_picks_on_one_micrograph_train_validate_on_a_strip_and_report(tiny_d
 
     page = build_report(out, output=tmp_path / "report", device="cpu").read_text()
     assert "held-out strips" in page
+    assert ("Your picks looked partial" in page) == (pu is not None)
 
 
 def test_partial_picks_continue_the_supervised_stage_with_the_pu_loss(tiny_data, tmp_path,

@@ -25,9 +25,11 @@ without coordinates, or with --unlabeled-dir: they are used through pseudo-label
     the picks the model is surest of; below 0.8 the threshold is chosen on precision
     corrected for it and self-training runs (with fewer than 30 labelled validation
     particles, in the middle of the thresholds whose F1 is within one standard error of
-    the best, not at a random end of a flat curve); below 0.5 the supervised stage also
-    goes on for --pu-epochs (20) with a positive-unlabelled loss (unpicked particles are not
-    background) and keeps the model that validates better;
+    the best, not at a random end of a flat curve). Completeness is first estimated after a
+    quarter of the supervised epochs: below 0.5 (or below 0.8 with fewer than 30 labelled
+    validation particles) supervised training stops there, before it teaches your unpicked
+    particles as background, and goes on for --pu-epochs (80) with a positive-unlabelled
+    loss (unpicked particles are not background);
   - self-training (--self-training-iterations, 1) turns confident peaks on every training
     and unlabelled micrograph into pseudo-particles and retrains with a positive-unlabelled
     loss: the other pixels are unlabelled, not background, a share of them (estimated from

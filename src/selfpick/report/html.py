@@ -548,12 +548,36 @@ def _metrics_table(rows: list[tuple[str, dict, dict, float | None]], best: str,
     return "".join(h)
 
 
+def _pct(v) -> str:
+    return "n/a" if v is None else f"{100 * float(v):.1f}%"
+
+
+def _pu_note(exp: Experiment) -> str:
+    """What the supervised stage did about partial picks (empty when it did nothing)."""
+    for st in exp.stages:
+        pu = st.get("positive_unlabelled")
+        if not pu:
+            continue
+        after = pu.get("after_supervised_epochs")
+        return ('<p class="note">Your picks looked partial (estimated completeness '
+                f'{_n(pu.get("completeness_before"), 2)} on {pu.get("validation_particles", "?")}'
+                f' labelled validation particles), so after {after if after else "the"} '
+                f'supervised epochs {_e(st.get("stage", ""))} went on for {pu.get("epochs")} '
+                'epochs with a positive-unlabelled loss (unpicked particles are not '
+                f'background; {_pct(pu.get("unlabelled_prior"))} of the unlabelled pixels '
+                'taken to be particles); validation F1 '
+                f'{_n(pu.get("validation_f1_before"))} before, '
+                f'{_n(pu.get("validation_f1_after"))} after; model kept: '
+                f'{_e(pu.get("kept", "?"))}.</p>')
+    return ""
+
+
 def _pseudo_table(exp: Experiment) -> str:
     rows = [s for s in exp.stages if s.get("pseudo_labels")]
     if not rows:
-        return ('<p class="note">No self-training stage: the experiment has only supervised '
-                'training.</p>')
-    h = ['<table class="metrics"><thead><tr><th>stage</th><th>mode</th>'
+        return _pu_note(exp) + ('<p class="note">No self-training stage: the experiment has '
+                                'only supervised training.</p>')
+    h = [_pu_note(exp), '<table class="metrics"><thead><tr><th>stage</th><th>mode</th>'
          '<th>positive threshold</th><th>negative threshold</th><th>score threshold used</th>'
          '<th>background below</th>'
          '<th>micrographs</th><th>pixels positive</th><th>pixels background / unlabelled</th>'
@@ -562,10 +586,7 @@ def _pseudo_table(exp: Experiment) -> str:
          '</tr></thead><tbody>']
     for s in rows:
         pl = s["pseudo_labels"]
-
-        def pct(v):
-            return "n/a" if v is None else f"{100 * float(v):.1f}%"
-
+        pct = _pct
         h.append(
             f'<tr><td class="stage">{_e(s["stage"])}</td><td>{_e(pl.get("mode"))}</td>'
             f'<td>{_n(pl.get("positive_threshold"))}</td>'
@@ -695,7 +716,7 @@ def render_html(exp: Experiment, figures: list[Figure], evalset: EvalSet | None,
             f'{pick_score["fn"]} missed of {pick_score["n_true"]} particles, match radius '
             f'{_n(pick_score["match_radius"], 1)} px); best F1 over score thresholds '
             f'{_n(pick_score["best_f1"])}, AP {_n(pick_score["average_precision"])}.</p>')
-    parts.append("<h2>Pseudo-labels per self-training stage</h2>" + _pseudo_table(exp))
+    parts.append("<h2>Partial picks and pseudo-labels</h2>" + _pseudo_table(exp))
     by_key = {f.key: f for f in figures}
     parts.append("<h2>Metrics across stages</h2>" + _figure_html(by_key["progression"]))
     parts.append("<h2>Precision–recall curves</h2>" + _figure_html(by_key["pr_curves"]))
