@@ -39,15 +39,14 @@ def test_few_picks_on_one_micrograph_train_validate_on_a_strip_and_report(tiny_d
     assert "held-out strip" in log
     assert "average 8 views of each micrograph" in log  # the default test-time augmentation
     # 12 of ~30 particles, a few of them in the strip: too few validation particles to tell
-    # partial picks from complete ones, so the supervised stage switches to the
+    # partial picks from complete ones, so the supervised stage goes on with the
     # positive-unlabelled loss unless the labels look complete, and keeps that model
     pu = stage0["positive_unlabelled"]
     if pu is None:
         assert stage0["label_completeness"] >= 0.8
     else:
         assert pu["completeness_before"] < 0.8 and pu["validation_particles"] == in_strip
-        assert pu["kept"] == "positive-unlabelled"
-        assert "the picks look partial" in log or "cannot decide" in log
+        assert pu["kept"] == "positive-unlabelled" and "cannot decide" in log
     p0 = stage0["validation"]["particle"]
     assert "threshold_uncertainty" in p0
     # a strip of a few particles: the threshold sits in the middle of the uncertain range,
@@ -102,21 +101,23 @@ def test_partial_picks_stop_the_supervised_epochs_early(tiny_data, tmp_path, mon
     monkeypatch.setattr(experiment, "PU_BELOW", 1.01)
     out = tmp_path / "exp"
     cfg = tiny_config(tiny_data.output_dir, out, self_training_iterations=0, initial_epochs=8,
-                      pu_epochs=3)
+                      pu_epochs=3, pu_after=0.25)
     stage0 = run_training(cfg, progress=False).stages[0]
-    # 2 of the 8 supervised epochs, then the 3 positive-unlabelled ones; that model is kept
-    assert stage0["training"]["epochs"] == experiment.pu_switch_epoch(8) == 2
+    # 2 of the 8 supervised epochs, then the 6 left and 3 more with the positive-unlabelled
+    # loss; that model is kept
+    assert stage0["training"]["epochs"] == experiment.pu_switch_epoch(8, 0.25) == 2
     pu = stage0["positive_unlabelled"]
-    assert pu["after_supervised_epochs"] == 2 and pu["kept"] == "positive-unlabelled"
+    assert pu["after_supervised_epochs"] == 2 and pu["epochs"] == 9
+    assert pu["kept"] == "positive-unlabelled"
     log = (out / "training.log").read_text()
     assert "after 2 of 8 epochs the picks look partial" in log
-    assert "supervised (positive-unlabelled) epoch 3/3" in log
+    assert "supervised (positive-unlabelled) epoch 9/9" in log
     assert "supervised epoch 3/8" not in log
 
 
 def test_complete_picks_train_as_without_the_check(tiny_data, tmp_path, monkeypatch):
-    """The check after a quarter of the supervised epochs must not change a stage it lets
-    run: the same weights as with the positive-unlabelled epochs switched off."""
+    """The early check (--pu-after 0.25) must not change a stage it lets run: the same
+    weights as with the positive-unlabelled epochs switched off."""
     import torch
 
     from selfpick.model.modelfile import load_model
@@ -128,7 +129,7 @@ def test_complete_picks_train_as_without_the_check(tiny_data, tmp_path, monkeypa
     for pu_epochs in (0, 2):
         out = tmp_path / f"pu{pu_epochs}"
         cfg = tiny_config(tiny_data.output_dir, out, self_training_iterations=0,
-                          initial_epochs=4, pu_epochs=pu_epochs)
+                          initial_epochs=4, pu_epochs=pu_epochs, pu_after=0.25)
         stage0 = run_training(cfg, progress=False).stages[0]
         assert stage0["positive_unlabelled"] is None and stage0["training"]["epochs"] == 4
         weights.append(load_model(out / SUPERVISED / "model.pt", "cpu").model.state_dict())

@@ -25,11 +25,11 @@ without coordinates, or with --unlabeled-dir: they are used through pseudo-label
     the picks the model is surest of; below 0.8 the threshold is chosen on precision
     corrected for it and self-training runs (with fewer than 30 labelled validation
     particles, in the middle of the thresholds whose F1 is within one standard error of
-    the best, not at a random end of a flat curve). Completeness is first estimated after a
-    quarter of the supervised epochs: below 0.5 (or below 0.8 with fewer than 30 labelled
-    validation particles) supervised training stops there, before it teaches your unpicked
-    particles as background, and goes on for --pu-epochs (80) with a positive-unlabelled
-    loss (unpicked particles are not background);
+    the best, not at a random end of a flat curve); below 0.5 the supervised stage also
+    goes on for --pu-epochs (20) with a positive-unlabelled loss (unpicked particles are not
+    background) and keeps the model that validates better (--pu-after 0.25 asks after a
+    quarter of the supervised epochs instead and, if the picks look partial, trains the rest
+    with that loss: better ranking on one protein, worse picks on another);
   - self-training (--self-training-iterations, 1) turns confident peaks on every training
     and unlabelled micrograph into pseudo-particles and retrains with a positive-unlabelled
     loss: the other pixels are unlabelled, not background, a share of them (estimated from

@@ -273,18 +273,16 @@ PU_BELOW = 0.5
 # With --pu-micrographs all, the share of the positive-unlabelled epochs' crops drawn from
 # the micrographs with picks (the rest from those without).
 LABELLED_CROP_SHARE = 0.5
-# Share of the supervised epochs after which validation first asks whether the picks look
-# partial. If they do, supervised training stops there and the positive-unlabelled epochs
-# follow: every further supervised epoch teaches the unpicked particles as background more
-# firmly (EMPIAR-10017, 3 x 65 picks: a model stopped after 20 of 80 epochs ranked the
-# unlabelled training micrographs better, AP 0.816 vs 0.777, and PU epochs from there better
-# still, bench/NOTES.md). Complete labels never stop there and train as before.
-PU_SWITCH_FRACTION = 0.25
+# --pu-after below 1: validation asks after that share of the supervised epochs whether the
+# picks look partial; if they do, supervised training stops there and the rest uses the PU
+# loss, since every further supervised epoch teaches the unpicked particles as background
+# more firmly. After a quarter, 12 few-pick runs ranked EMPIAR-10017 better and EMPIAR-10028
+# no better, with worse thresholds there (bench/NOTES.md), so the default checks at the end.
 
 
-def pu_switch_epoch(initial_epochs: int) -> int:
+def pu_switch_epoch(initial_epochs: int, fraction: float) -> int:
     """The supervised epoch after which the picks are first judged partial or not."""
-    return max(1, min(initial_epochs, round(PU_SWITCH_FRACTION * initial_epochs)))
+    return max(1, min(initial_epochs, round(fraction * initial_epochs)))
 
 
 def _picks_look_partial(val: ValidationResult | None) -> tuple[bool, float, int]:
@@ -305,13 +303,14 @@ def _picks_look_partial(val: ValidationResult | None) -> tuple[bool, float, int]
 
 
 class _PartialPicksProbe:
-    """``stop_after`` of the supervised stage: after :func:`pu_switch_epoch` epochs, rank 0
+    """``stop_after`` of the supervised stage (``--pu-after`` below 1): after
+    :func:`pu_switch_epoch` epochs, rank 0
     validates the model and every rank stops when the picks look partial; the validation
     is kept in :attr:`val` for the positive-unlabelled epochs that follow."""
 
     def __init__(self, cfg: Config, model, ts: TrainingSet, val_mics, val_split: str,
                  device, progress: bool):
-        self.at = pu_switch_epoch(cfg.train.initial_epochs)
+        self.at = pu_switch_epoch(cfg.train.initial_epochs, cfg.loss.pu_after)
         self.args = (cfg, model, ts, val_mics, val_split, device, progress)
         self.val: ValidationResult | None = None
         self.partial = False
@@ -344,9 +343,10 @@ def _positive_unlabelled(cfg: Config, train_model, model, val, pool, images, cro
     training goes on for ``pu_epochs`` with :class:`~selfpick.model.losses.PULoss`, whose
     unlabelled pixels hold particles at the share the estimated completeness implies.
     ``switched_after``: the supervised epochs were stopped after this many
-    (:class:`_PartialPicksProbe`, the default path): the PU model is kept, the half-trained
-    one before it being no alternative. Otherwise (the probe found the picks complete, the
-    full supervised stage found them partial) the stage keeps whichever model has the better
+    (:class:`_PartialPicksProbe`, ``--pu-after`` below 1): the epochs not run are added to
+    ``pu_epochs`` and the PU model is kept, the half-trained one before it being no
+    alternative. Otherwise (the default, or the probe found the picks complete but the full
+    supervised stage finds them partial) the stage keeps whichever model has the better
     validation F1 (rank 0 decides, every rank follows), or the PU model when fewer than
     :data:`FEW_VALIDATION_PARTICLES` labelled validation particles cannot decide. Returns
     ``(validation, record for metrics.json or None, history of the extra epochs)``.
@@ -359,6 +359,9 @@ def _positive_unlabelled(cfg: Config, train_model, model, val, pool, images, cro
     go = dist.broadcast_flag(partial or switched_after is not None)
     if not go:
         return val, None, StageHistory()
+    # After an early switch the supervised epochs not run are PU epochs too.
+    n_epochs = cfg.loss.pu_epochs + (cfg.train.initial_epochs - switched_after
+                                     if switched_after is not None else 0)
     n_pos = sum(int(np.count_nonzero(m.gt_target == 1)) for m in pool)
     n_unl = sum(int(np.count_nonzero(m.gt_target == 0)) for m in pool)
     others = ts.subset("unlabeled") if cfg.loss.pu_micrographs == "all" else []
@@ -383,13 +386,13 @@ def _positive_unlabelled(cfg: Config, train_model, model, val, pool, images, cro
                  "pixels taken to be unpicked particles)", SUPERVISED,
                  "look partial" if c < PU_BELOW else "may be partial", c,
                  f" from {n_val} labelled validation particles" if few else "",
-                 cfg.loss.pu_epochs,
+                 n_epochs,
                  len(images), f", {len(others)} of them without picks" if others else "",
                  100 * prior)
     before = {k: v.detach().clone() for k, v in model.state_dict().items()}
     dataset = CropDataset(images, targets, crop, length, seed=cfg.train.seed * 1000 + 999,
                           weights=weights)
-    extra = train_stage(train_model, dataset, cfg.train, cfg.loss.pu_epochs, device,
+    extra = train_stage(train_model, dataset, cfg.train, n_epochs, device,
                         PULoss(prior), f"{SUPERVISED} (positive-unlabelled)",
                         stage_dir / "checkpoint_pu.pt", progress,
                         lr=stage_learning_rate(cfg.train, 1))
@@ -401,7 +404,7 @@ def _positive_unlabelled(cfg: Config, train_model, model, val, pool, images, cro
         f_pu = selection_f1({"validation": pu_val.metrics})
         keep_pu = f_pu >= f_pn or few or switched_after is not None
         record = {"unlabelled_prior": prior, "completeness_before": c, "epochs":
-                  cfg.loss.pu_epochs, "after_supervised_epochs": switched_after or
+                  n_epochs, "after_supervised_epochs": switched_after or
                   cfg.train.initial_epochs, "micrographs": len(images),
                   "micrographs_without_picks": len(others),
                   "validation_f1_before": f_pn, "validation_f1_after": f_pu,
@@ -622,7 +625,7 @@ def _run_stages(cfg: Config, ts: TrainingSet, out: Path, device: torch.device,
             prior = pl_stats.unlabelled_prior if is_main else 0.0
             stage_loss = PULoss(dist.broadcast_number(prior or 0.0))
         probe = None
-        if k == 0 and cfg.loss.pu_epochs > 0:
+        if k == 0 and cfg.loss.pu_epochs > 0 and cfg.loss.pu_after < 1:
             probe = _PartialPicksProbe(cfg, model, ts, val_mics, val_split, device, progress)
         history = train_stage(train_model, dataset, cfg.train, epochs, device, stage_loss, name,
                               stage_dir / "checkpoint.pt", progress,
