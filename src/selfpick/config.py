@@ -125,15 +125,13 @@ class LossConfig:
                          "neither, it runs whenever the picks do not look complete and its "
                          "model is kept; 0 = off",
                          bounds=(0, None))
-    pu_after: float = opt(1.0, "share of the supervised epochs after which validation first "
-                          "asks whether the picks look partial; below 1, when they do, "
-                          "supervised training stops there (before it teaches the unpicked "
-                          "particles as background) and the remaining epochs plus "
-                          "--pu-epochs use the positive-unlabelled loss, and that model is "
-                          "kept. 0.25 ranked EMPIAR-10017's particles better with 50-195 "
-                          "picks (AP +0.03 to +0.08) but EMPIAR-10028's no better and "
-                          "picked them worse (F1 -0.03), so 1 (the check after all of "
-                          "them) is the default",
+    pu_after: float = opt(0.25, "share of the supervised epochs after which validation first "
+                          "estimates how complete the picks are; when fewer than 15 in 100 of "
+                          "the particles look picked (measured on at least 30 labelled "
+                          "validation particles), supervised training stops there, before it "
+                          "teaches the unpicked particles as background, and the remaining "
+                          "epochs plus --pu-epochs use the positive-unlabelled loss; 1 = "
+                          "only the check after all supervised epochs",
                           bounds=(0.0, 1.0), above=True)
     pu_micrographs: str = opt("labelled", "which micrographs the positive-unlabelled epochs "
                               "of the supervised stage train on: 'labelled' (those with "

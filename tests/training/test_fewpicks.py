@@ -95,13 +95,16 @@ def test_partial_picks_continue_the_supervised_stage_with_the_pu_loss(tiny_data,
     assert "positive-unlabelled loss" in (out / "training.log").read_text()
 
 
-def test_partial_picks_stop_the_supervised_epochs_early(tiny_data, tmp_path, monkeypatch):
+def test_very_partial_picks_stop_the_supervised_epochs_early(tiny_data, tmp_path,
+                                                             monkeypatch):
     from selfpick.training import experiment
 
-    monkeypatch.setattr(experiment, "PU_BELOW", 1.01)
+    # whatever this tiny model's completeness estimate, the picks look very partial
+    monkeypatch.setattr(experiment, "EARLY_SWITCH_BELOW", 1.01)
+    monkeypatch.setattr(experiment, "FEW_VALIDATION_PARTICLES", 0)
     out = tmp_path / "exp"
     cfg = tiny_config(tiny_data.output_dir, out, self_training_iterations=0, initial_epochs=8,
-                      pu_epochs=3, pu_after=0.25)
+                      pu_epochs=3)
     stage0 = run_training(cfg, progress=False).stages[0]
     # 2 of the 8 supervised epochs, then the 6 left and 3 more with the positive-unlabelled
     # loss; that model is kept
@@ -110,32 +113,32 @@ def test_partial_picks_stop_the_supervised_epochs_early(tiny_data, tmp_path, mon
     assert pu["after_supervised_epochs"] == 2 and pu["epochs"] == 9
     assert pu["kept"] == "positive-unlabelled"
     log = (out / "training.log").read_text()
-    assert "after 2 of 8 epochs the picks look partial" in log
+    assert "after 2 of 8 epochs" in log and "supervised training stops here" in log
     assert "supervised (positive-unlabelled) epoch 9/9" in log
     assert "supervised epoch 3/8" not in log
 
 
 def test_complete_picks_train_as_without_the_check(tiny_data, tmp_path, monkeypatch):
-    """The early check (--pu-after 0.25) must not change a stage it lets run: the same
-    weights as with the positive-unlabelled epochs switched off."""
+    """The check after a quarter of the supervised epochs must not change a stage it lets
+    run: the same weights as with the positive-unlabelled epochs switched off."""
     import torch
 
     from selfpick.model.modelfile import load_model
     from selfpick.training import experiment
 
     monkeypatch.setattr(experiment, "PU_BELOW", 0.0)
+    monkeypatch.setattr(experiment, "EARLY_SWITCH_BELOW", 0.0)
     monkeypatch.setattr(experiment, "FEW_VALIDATION_PARTICLES", 0)
     weights = []
     for pu_epochs in (0, 2):
         out = tmp_path / f"pu{pu_epochs}"
         cfg = tiny_config(tiny_data.output_dir, out, self_training_iterations=0,
-                          initial_epochs=4, pu_epochs=pu_epochs, pu_after=0.25)
+                          initial_epochs=4, pu_epochs=pu_epochs)
         stage0 = run_training(cfg, progress=False).stages[0]
         assert stage0["positive_unlabelled"] is None and stage0["training"]["epochs"] == 4
         weights.append(load_model(out / SUPERVISED / "model.pt", "cpu").model.state_dict())
         if pu_epochs:
-            assert "after 1 of 4 epochs the picks do not look partial" in (
-                out / "training.log").read_text()
+            assert "after 1 of 4 epochs" in (out / "training.log").read_text()
     for k, v in weights[0].items():
         assert torch.equal(v, weights[1][k]), k
 

@@ -27,9 +27,11 @@ without coordinates, or with --unlabeled-dir: they are used through pseudo-label
     particles, in the middle of the thresholds whose F1 is within one standard error of
     the best, not at a random end of a flat curve); below 0.5 the supervised stage also
     goes on for --pu-epochs (20) with a positive-unlabelled loss (unpicked particles are not
-    background) and keeps the model that validates better (--pu-after 0.25 asks after a
-    quarter of the supervised epochs instead and, if the picks look partial, trains the rest
-    with that loss: better ranking on one protein, worse picks on another);
+    background) and keeps the model that validates better. The completeness is first read
+    after a quarter of the supervised epochs (--pu-after): when fewer than 15 in 100
+    particles look picked, measured on 30 or more labelled validation particles, supervised
+    training stops there, before it teaches the unpicked particles as background, and the
+    remaining epochs use the positive-unlabelled loss;
   - self-training (--self-training-iterations, 1) turns confident peaks on every training
     and unlabelled micrograph into pseudo-particles and retrains with a positive-unlabelled
     loss: the other pixels are unlabelled, not background, a share of them (estimated from

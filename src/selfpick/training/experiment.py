@@ -273,11 +273,15 @@ PU_BELOW = 0.5
 # With --pu-micrographs all, the share of the positive-unlabelled epochs' crops drawn from
 # the micrographs with picks (the rest from those without).
 LABELLED_CROP_SHARE = 0.5
-# --pu-after below 1: validation asks after that share of the supervised epochs whether the
-# picks look partial; if they do, supervised training stops there and the rest uses the PU
-# loss, since every further supervised epoch teaches the unpicked particles as background
-# more firmly. After a quarter, 12 few-pick runs ranked EMPIAR-10017 better and EMPIAR-10028
-# no better, with worse thresholds there (bench/NOTES.md), so the default checks at the end.
+# Validation first asks after --pu-after (a quarter) of the supervised epochs how complete the
+# picks are. When they are very partial -- fewer than EARLY_SWITCH_BELOW of the particles
+# picked, read on at least FEW_VALIDATION_PARTICLES labelled ones, since the switch cannot be
+# undone -- supervised training stops there and the remaining epochs use the PU loss: every
+# further supervised epoch teaches the 85-95 % unpicked particles as background more firmly.
+# 3 x 65 picks on EMPIAR-10017 (completeness read 0.06-0.10 on 65): AP on the unlabelled
+# training micrographs +0.06 in each draw; EMPIAR-10028 (0.18-0.44 on 25 or fewer, and one
+# strip of 5 reading 0.04) picked worse when switched (F1 -0.03), so it is not (bench/NOTES.md).
+EARLY_SWITCH_BELOW = 0.15
 
 
 def pu_switch_epoch(initial_epochs: int, fraction: float) -> int:
@@ -303,10 +307,10 @@ def _picks_look_partial(val: ValidationResult | None) -> tuple[bool, float, int]
 
 
 class _PartialPicksProbe:
-    """``stop_after`` of the supervised stage (``--pu-after`` below 1): after
-    :func:`pu_switch_epoch` epochs, rank 0
-    validates the model and every rank stops when the picks look partial; the validation
-    is kept in :attr:`val` for the positive-unlabelled epochs that follow."""
+    """``stop_after`` of the supervised stage: after :func:`pu_switch_epoch` epochs, rank 0
+    validates the model and every rank stops when the picks look very partial
+    (:data:`EARLY_SWITCH_BELOW`); the validation is kept in :attr:`val` for the
+    positive-unlabelled epochs that follow."""
 
     def __init__(self, cfg: Config, model, ts: TrainingSet, val_mics, val_split: str,
                  device, progress: bool):
@@ -319,17 +323,21 @@ class _PartialPicksProbe:
         if epochs_done != self.at:
             return False
         val = _validate(*self.args) if dist.is_main() else None
-        partial, c, n_val = _picks_look_partial(val) if dist.is_main() else (False, 1.0, 0)
-        self.partial = dist.broadcast_flag(partial)
+        c, n_val = (float(val.completeness), int(val.metrics["particle"]["n_true"])) \
+            if val is not None else (1.0, 0)
+        early = c < EARLY_SWITCH_BELOW and n_val >= FEW_VALIDATION_PARTICLES
+        self.partial = dist.broadcast_flag(early)
         if self.partial:
             self.val = val
         if dist.is_main():
-            log.info("%s: after %d of %d epochs the picks %s (estimated completeness %.2f on "
-                     "%d labelled validation particles)%s", SUPERVISED, epochs_done,
-                     self.args[0].train.initial_epochs,
-                     "look partial" if partial else "do not look partial", c, n_val,
-                     ": supervised training stops here, so as not to teach the unpicked "
-                     "particles as background" if partial else "")
+            log.info("%s: after %d of %d epochs, estimated completeness %.2f on %d labelled "
+                     "validation particles: %s", SUPERVISED, epochs_done,
+                     self.args[0].train.initial_epochs, c, n_val,
+                     "the picks look very partial, so supervised training stops here rather "
+                     "than teach the unpicked particles as background" if early else
+                     "supervised training goes on (it stops here only below "
+                     f"{EARLY_SWITCH_BELOW:.2f} measured on at least "
+                     f"{FEW_VALIDATION_PARTICLES} labelled particles)")
         return self.partial
 
 
@@ -343,10 +351,9 @@ def _positive_unlabelled(cfg: Config, train_model, model, val, pool, images, cro
     training goes on for ``pu_epochs`` with :class:`~selfpick.model.losses.PULoss`, whose
     unlabelled pixels hold particles at the share the estimated completeness implies.
     ``switched_after``: the supervised epochs were stopped after this many
-    (:class:`_PartialPicksProbe`, ``--pu-after`` below 1): the epochs not run are added to
+    (:class:`_PartialPicksProbe`, very partial picks): the epochs not run are added to
     ``pu_epochs`` and the PU model is kept, the half-trained one before it being no
-    alternative. Otherwise (the default, or the probe found the picks complete but the full
-    supervised stage finds them partial) the stage keeps whichever model has the better
+    alternative. Otherwise (the probe let the supervised stage run to its end) the stage keeps whichever model has the better
     validation F1 (rank 0 decides, every rank follows), or the PU model when fewer than
     :data:`FEW_VALIDATION_PARTICLES` labelled validation particles cannot decide. Returns
     ``(validation, record for metrics.json or None, history of the extra epochs)``.
