@@ -324,12 +324,14 @@ SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
 # labels' completeness until "self_train_complete_labels" was added, and taught the pixels
 # its model scored low as background until "unpicked_pixels" was, and picked without
 # test-time augmentation (its threshold was chosen that way) until "tta" was added, and
-# downsampled hot pixels as they were until "outlier_sigma" was.
+# downsampled hot pixels as they were until "outlier_sigma" was, and judged the picks partial
+# only after all supervised epochs until "pu_after" was.
 SAVED_BEFORE: dict[str, dict[str, Any]] = {"model": {"skip": "concat", "input_stride": 1},
                                             "selftrain": {"self_train_complete_labels": True,
                                                           "unpicked_pixels": "background"},
                                             "loss": {"pu_epochs": 0,
-                                                     "pu_micrographs": "labelled"},
+                                                     "pu_micrographs": "labelled",
+                                                     "pu_after": 1.0},
                                             "pick": {"tta": 1},
                                             "preprocess": {"outlier_sigma": 0.0}}
 

@@ -586,21 +586,20 @@ def _pseudo_table(exp: Experiment) -> str:
          '</tr></thead><tbody>']
     for s in rows:
         pl = s["pseudo_labels"]
-        pct = _pct
         h.append(
             f'<tr><td class="stage">{_e(s["stage"])}</td><td>{_e(pl.get("mode"))}</td>'
             f'<td>{_n(pl.get("positive_threshold"))}</td>'
             f'<td>{_n(pl.get("negative_threshold"))}</td>'
             f'<td>{_n(pl.get("positive_score"))}</td><td>{_n(pl.get("background_level"))}</td>'
             f'<td>{_e(pl.get("n_micrographs"))}</td>'
-            f'<td>{pct(pl.get("share_positive"))}</td><td>{pct(pl.get("share_negative"))}</td>'
-            f'<td>{pct(pl.get("share_ignore"))}</td>'
+            f'<td>{_pct(pl.get("share_positive"))}</td><td>{_pct(pl.get("share_negative"))}</td>'
+            f'<td>{_pct(pl.get("share_ignore"))}</td>'
             f'<td>{_e(pl.get("n_pseudo_particles"))}</td>'
-            f'<td>{pct(pl.get("estimated_precision"))}'
+            f'<td>{_pct(pl.get("estimated_precision"))}'
             + (f' ({_e(pl["validation_particles"])} particles)'
                if pl.get("validation_particles") is not None
                and pl.get("estimated_precision") is not None else "") + '</td>'
-            f'<td>{pct(pl.get("unlabelled_prior"))}</td></tr>')
+            f'<td>{_pct(pl.get("unlabelled_prior"))}</td></tr>')
     h.append("</tbody></table>")
     h.append('<p class="note">Pseudo-labels of iteration k are made by the previous stage\'s '
              'model on the training and unlabelled micrographs (never the validation ones). '

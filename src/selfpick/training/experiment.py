@@ -278,9 +278,10 @@ LABELLED_CROP_SHARE = 0.5
 # picked, read on at least FEW_VALIDATION_PARTICLES labelled ones, since the switch cannot be
 # undone -- supervised training stops there and the remaining epochs use the PU loss: every
 # further supervised epoch teaches the 85-95 % unpicked particles as background more firmly.
-# 3 x 65 picks on EMPIAR-10017 (completeness read 0.06-0.10 on 65): AP on the unlabelled
-# training micrographs +0.06 in each draw; EMPIAR-10028 (0.18-0.44 on 25 or fewer, and one
-# strip of 5 reading 0.04) picked worse when switched (F1 -0.03), so it is not (bench/NOTES.md).
+# 3 x 65 picks on EMPIAR-10017 (completeness read 0.06-0.10 on 65): the chosen stage's AP on
+# the unlabelled training micrographs +0.02 to +0.07 per draw; EMPIAR-10028 (0.18-0.44 on 25
+# or fewer, and one strip of 5 reading 0.04) picked worse when switched (chosen F1 -0.03 over 6
+# runs), so it is not (bench/NOTES.md).
 EARLY_SWITCH_BELOW = 0.15
 
 
@@ -353,8 +354,9 @@ def _positive_unlabelled(cfg: Config, train_model, model, val, pool, images, cro
     ``switched_after``: the supervised epochs were stopped after this many
     (:class:`_PartialPicksProbe`, very partial picks): the epochs not run are added to
     ``pu_epochs`` and the PU model is kept, the half-trained one before it being no
-    alternative. Otherwise (the probe let the supervised stage run to its end) the stage keeps whichever model has the better
-    validation F1 (rank 0 decides, every rank follows), or the PU model when fewer than
+    alternative. Otherwise (the probe let the supervised stage run to its end) the stage
+    keeps whichever model has the better validation F1 (rank 0 decides, every rank
+    follows), or the PU model when fewer than
     :data:`FEW_VALIDATION_PARTICLES` labelled validation particles cannot decide. Returns
     ``(validation, record for metrics.json or None, history of the extra epochs)``.
     """
