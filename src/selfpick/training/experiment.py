@@ -316,7 +316,8 @@ class _PartialPicksProbe:
     def __init__(self, cfg: Config, model, ts: TrainingSet, val_mics, val_split: str,
                  device, progress: bool):
         self.at = pu_switch_epoch(cfg.train.initial_epochs, cfg.loss.pu_after)
-        self.args = (cfg, model, ts, val_mics, val_split, device, progress)
+        self.of = cfg.train.initial_epochs
+        self.args = (cfg, model, ts, val_mics, val_split, device, progress)  # for _validate
         self.val: ValidationResult | None = None
         self.partial = False
 
@@ -332,8 +333,7 @@ class _PartialPicksProbe:
             self.val = val
         if dist.is_main():
             log.info("%s: after %d of %d epochs, estimated completeness %.2f on %d labelled "
-                     "validation particles: %s", SUPERVISED, epochs_done,
-                     self.args[0].train.initial_epochs, c, n_val,
+                     "validation particles: %s", SUPERVISED, epochs_done, self.of, c, n_val,
                      "the picks look very partial, so supervised training stops here rather "
                      "than teach the unpicked particles as background" if early else
                      "supervised training goes on (it stops here only below "
@@ -398,7 +398,9 @@ def _positive_unlabelled(cfg: Config, train_model, model, val, pool, images, cro
                  n_epochs,
                  len(images), f", {len(others)} of them without picks" if others else "",
                  100 * prior)
-    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    # The weights to fall back on; after an early switch there are none worth keeping.
+    before = None if switched_after is not None else {
+        k: v.detach().clone() for k, v in model.state_dict().items()}
     dataset = CropDataset(images, targets, crop, length, seed=cfg.train.seed * 1000 + 999,
                           weights=weights)
     extra = train_stage(train_model, dataset, cfg.train, n_epochs, device,
@@ -428,7 +430,7 @@ def _positive_unlabelled(cfg: Config, train_model, model, val, pool, images, cro
                  "cannot decide)" if few else "")
         if keep_pu:
             val = pu_val
-    if not dist.broadcast_flag(keep_pu):
+    if not dist.broadcast_flag(keep_pu) and before is not None:
         model.load_state_dict(before)
     (stage_dir / "checkpoint_pu.pt").unlink(missing_ok=True)
     return val, record, extra
