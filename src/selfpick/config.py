@@ -210,15 +210,16 @@ class SelfTrainConfig:
                                "'background' (those the model scores far below its "
                                "threshold are background; focal + Dice loss)",
                                choices=("background", "unlabelled"))
-    student: str = opt("finetune", "how each self-training iteration's model starts: "
+    student: str = opt("auto", "how each self-training iteration's model starts: "
                        "'finetune' goes on from the previous stage's weights for "
                        "--retrain-epochs at a third of the learning rate; 'fresh' trains a "
-                       "new network from random weights on the pseudo-labels for "
-                       "--initial-epochs at the full learning rate (a student that does not "
-                       "inherit its teacher's mistakes, at the cost of a full training: on "
-                       "9 few-pick runs it ranked within the draws' spread of 'finetune', "
-                       "+0.006 AP, at 4-5 times the iteration's time)",
-                       choices=("finetune", "fresh"))
+                       "new network from random weights on the pseudo-labels of every "
+                       "micrograph for --initial-epochs at the full learning rate (a student "
+                       "that does not inherit its teacher's mistakes, at the cost of a full "
+                       "training); 'auto' (default): 'fresh' when the picks are on one or two "
+                       "micrographs (validated on strips), whose teacher has seen one or two "
+                       "micrographs' worth of particles, 'finetune' otherwise",
+                       choices=("auto", "finetune", "fresh"))
     early_stop_patience: int = opt(0, "stop self-training after this many iterations without a "
                                    "better validation particle F1 (0 = never)", bounds=(0, None))
     self_train_complete_labels: bool = opt(False, "self-train even when the validation labels "
@@ -328,7 +329,8 @@ SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
 # only after all supervised epochs until "pu_after" was.
 SAVED_BEFORE: dict[str, dict[str, Any]] = {"model": {"skip": "concat", "input_stride": 1},
                                             "selftrain": {"self_train_complete_labels": True,
-                                                          "unpicked_pixels": "background"},
+                                                          "unpicked_pixels": "background",
+                                                          "student": "finetune"},
                                             "loss": {"pu_epochs": 0,
                                                      "pu_micrographs": "labelled",
                                                      "pu_after": 1.0},

@@ -505,3 +505,29 @@ def test_a_fresh_student_trains_for_the_initial_epochs(tiny_data, tmp_path, monk
     stages = _read(out / "metrics.json")["stages"]
     assert calls == [1]
     assert [s["training"]["epochs"] for s in stages] == [2, 2]
+
+
+def test_student_auto_is_fresh_only_when_validating_on_strips():
+    from types import SimpleNamespace
+
+    from selfpick.config import Config
+
+    def training_set(*regions):
+        val = [SimpleNamespace(region=r) for r in regions]
+        return SimpleNamespace(subset=lambda split: val if split == "val" else [])
+
+    cfg = Config()
+    assert cfg.selftrain.student == "auto"
+    assert experiment.student_for(cfg, training_set((10.0, 90.0))) == "fresh"
+    assert experiment.student_for(cfg, training_set((10.0, 90.0), (0.0, 50.0))) == "fresh"
+    assert experiment.student_for(cfg, training_set(None)) == "finetune"  # a whole micrograph
+    for chosen in ("finetune", "fresh"):
+        cfg.update({"student": chosen})
+        assert experiment.student_for(cfg, training_set((10.0, 90.0))) == chosen
+        assert experiment.student_for(cfg, training_set(None)) == chosen
+
+
+def test_models_saved_before_student_auto_keep_finetuning():
+    from selfpick.config import Config
+
+    assert Config.from_saved({"selftrain": {}}).selftrain.student == "finetune"

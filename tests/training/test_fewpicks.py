@@ -70,6 +70,11 @@ def test_few_picks_on_one_micrograph_train_validate_on_a_strip_and_report(tiny_d
         min(0.05, 0.5 * stage0["threshold"]))
     assert result.stages[1]["pseudo_labels"]["unlabelled_prior"] is None
     assert result.stages[1]["training"]["loss"] == "focal + Dice"
+    # one labelled micrograph: --student auto trains a fresh student for the full epochs
+    assert result.stages[1]["training"]["student"] == "fresh"
+    assert result.stages[1]["training"]["epochs"] == cfg.train.initial_epochs != \
+        cfg.train.retrain_epochs
+    assert "a fresh student" in log
 
     from selfpick.report.html import build_report
 

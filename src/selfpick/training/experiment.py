@@ -626,8 +626,14 @@ def _run_stages(cfg: Config, ts: TrainingSet, out: Path, device: torch.device,
             log.info("%s: %d crops an epoch (covering the %d micrographs once would take %d; "
                      "--crops-per-epoch sets it)", name, length, len(images), cover)
         dataset = CropDataset(images, targets, crop, length, seed=cfg.train.seed * 1000 + k)
-        fresh = k > 0 and cfg.selftrain.student == "fresh"
+        fresh = k > 0 and student_for(cfg, ts) == "fresh"
         if fresh:
+            if is_main:
+                log.info("%s: a fresh student (random weights, %d epochs at the full learning "
+                         "rate) learns the pseudo-labels%s", name, cfg.train.initial_epochs,
+                         "" if cfg.selftrain.student == "fresh" else
+                         " (--student auto: the picks are on one or two micrographs, validated "
+                         "on strips)")
             # (an interrupted stage's checkpoint then replaces these weights in train_stage)
             _reinitialise(model, cfg, k)
         epochs = cfg.train.initial_epochs if k == 0 or fresh else cfg.train.retrain_epochs
@@ -664,6 +670,7 @@ def _run_stages(cfg: Config, ts: TrainingSet, out: Path, device: torch.device,
                 "label_completeness": val.completeness,
                 "training": {"epochs": epochs, "crops_per_epoch": length, "crop_size": crop,
                              "micrographs": len(pool),
+                             "student": None if k == 0 else ("fresh" if fresh else "finetune"),
                              "loss": ("positive-unlabelled" if isinstance(stage_loss, PULoss)
                                       else "focal + Dice"),
                              "final_loss": history.epochs[-1]["loss"] if history.epochs else None,
@@ -708,6 +715,23 @@ def _run_stages(cfg: Config, ts: TrainingSet, out: Path, device: torch.device,
         best_stage = _finish(out, root)
     dist.barrier()
     return ExperimentResult(out, stages if is_main else [], best_stage)
+
+
+def student_for(cfg: Config, ts: TrainingSet) -> str:
+    """``'fresh'`` or ``'finetune'``: how self-training iterations start (``--student``).
+
+    'auto' trains a fresh student when validation is on strips, i.e. the picks are on fewer
+    than :data:`~selfpick.training.data.REGION_VALIDATION_BELOW` micrographs: a teacher
+    trained on one micrograph has learned that micrograph's particles, and a student
+    fine-tuned from it stays close to it.
+    On 5 draws with one labelled micrograph (EMPIAR-10017 and -10028) a fresh student picked
+    and ranked better on the unlabelled training micrographs in every draw; with three
+    labelled micrographs it did not (AP -0.016 and +0.002 on average; ``bench/NOTES.md``).
+    """
+    if cfg.selftrain.student != "auto":
+        return cfg.selftrain.student
+    strips = any(m.region is not None for m in ts.subset("val"))
+    return "fresh" if strips else "finetune"
 
 
 def _reinitialise(model: torch.nn.Module, cfg: Config, k: int) -> None:
