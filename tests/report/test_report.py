@@ -62,6 +62,7 @@ def test_report_html_has_the_metrics_table(default_report, tiny_experiment):
     assert page.count('<tr class="best">') >= 1
     assert "Partial picks and pseudo-labels" in page
     assert "pseudo-particles added" in page
+    assert "<th>student</th>" in page
 
 
 def test_failing_figure_is_logged_and_the_report_completes(tiny_experiment, tmp_path,

@@ -80,6 +80,7 @@ def test_few_picks_on_one_micrograph_train_validate_on_a_strip_and_report(tiny_d
 
     page = build_report(out, output=tmp_path / "report", device="cpu").read_text()
     assert "held-out strips" in page
+    assert "fresh (random weights)" in page  # the student column of the pseudo-label table
     assert ("Your picks looked partial" in page) == (pu is not None)
 
 

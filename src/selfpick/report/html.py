@@ -583,7 +583,7 @@ def _pseudo_table(exp: Experiment) -> str:
          '<th>micrographs</th><th>pixels positive</th><th>pixels background / unlabelled</th>'
          '<th>pixels ignored</th><th>pseudo-particles added</th>'
          '<th>estimated precision</th><th>unlabelled pixels taken to be particles</th>'
-         '</tr></thead><tbody>']
+         '<th>student</th></tr></thead><tbody>']
     for s in rows:
         pl = s["pseudo_labels"]
         h.append(
@@ -599,7 +599,7 @@ def _pseudo_table(exp: Experiment) -> str:
             + (f' ({_e(pl["validation_particles"])} particles)'
                if pl.get("validation_particles") is not None
                and pl.get("estimated_precision") is not None else "") + '</td>'
-            f'<td>{_pct(pl.get("unlabelled_prior"))}</td></tr>')
+            f'<td>{_pct(pl.get("unlabelled_prior"))}</td><td>{_student(s)}</td></tr>')
     h.append("</tbody></table>")
     h.append('<p class="note">Pseudo-labels of iteration k are made by the previous stage\'s '
              'model on the training and unlabelled micrographs (never the validation ones). '
@@ -615,8 +615,19 @@ def _pseudo_table(exp: Experiment) -> str:
              'pixels "unlabelled" (the default) no pixel is background: the stage trains '
              'with a positive-unlabelled loss that takes the share in the last column of '
              'the unlabelled pixels to be particles the model has not picked (estimated '
-             'from its picks, validation precision and recall).</p>')
+             'from its picks, validation precision and recall). Student: whether the stage '
+             'fine-tuned the previous model or trained a fresh one from random weights (the '
+             'default with picks on one or two micrographs, whose teacher saw only those).</p>')
     return "".join(h)
+
+
+def _student(stage: dict) -> str:
+    """How a self-training stage's network started, with its epochs (older experiments did not
+    record it: they fine-tuned)."""
+    t = stage.get("training") or {}
+    kind = t.get("student") or "finetune"
+    text = "fresh (random weights)" if kind == "fresh" else "fine-tuned"
+    return _e(text + (f", {t['epochs']} epochs" if t.get("epochs") else ""))
 
 
 def _summary(exp: Experiment, best: str, evalset: EvalSet | None) -> str:
