@@ -724,9 +724,10 @@ def student_for(cfg: Config, ts: TrainingSet) -> str:
     than :data:`~selfpick.training.data.REGION_VALIDATION_BELOW` micrographs: a teacher
     trained on one micrograph has learned that micrograph's particles, and a student
     fine-tuned from it stays close to it.
-    On 5 draws with one labelled micrograph (EMPIAR-10017 and -10028) a fresh student picked
-    and ranked better on the unlabelled training micrographs in every draw; with three
-    labelled micrographs it did not (AP -0.016 and +0.002 on average; ``bench/NOTES.md``).
+    On 6 draws with one labelled micrograph (EMPIAR-10017 and -10028) a fresh student ranked
+    better on the unlabelled training micrographs in all 6 (AP +0.003 to +0.066) and picked
+    better in 5; with three labelled micrographs it did not (AP -0.016 and +0.002 on
+    average; ``bench/NOTES.md``).
     """
     if cfg.selftrain.student != "auto":
         return cfg.selftrain.student
