@@ -216,9 +216,9 @@ class SelfTrainConfig:
                        "new network from random weights on the pseudo-labels of every "
                        "micrograph for --initial-epochs at the full learning rate (a student "
                        "that does not inherit its teacher's mistakes, at the cost of a full "
-                       "training); 'auto' (default): 'fresh' when the picks are on one or two "
-                       "micrographs (validated on strips), whose teacher has seen one or two "
-                       "micrographs' worth of particles, 'finetune' otherwise",
+                       "training); 'auto' (default): 'fresh' when the picks are on so few "
+                       "micrographs (1-3) that validation is on strips, whose teacher has "
+                       "seen only those micrographs' particles, 'finetune' otherwise",
                        choices=("auto", "finetune", "fresh"))
     early_stop_patience: int = opt(0, "stop self-training after this many iterations without a "
                                    "better validation particle F1 (0 = never)", bounds=(0, None))

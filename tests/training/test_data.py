@@ -309,3 +309,16 @@ def test_whole_micrographs_validate_from_three_labelled_micrographs(tiny_data, t
     assert "val_regions" not in ts.split_names()
     assert all(m.region is None for m in ts.micrographs)
     assert len(ts.subset("val")) == 1 and len(ts.subset("train")) == 2
+
+
+def test_strips_for_one_or_two_micrographs_and_for_three_with_enough_picks():
+    from selfpick.training.data import STRIP_VALIDATION_PARTICLES, validate_on_strips
+    from selfpick.training.validate import FEW_VALIDATION_PARTICLES
+
+    assert STRIP_VALIDATION_PARTICLES == FEW_VALIDATION_PARTICLES
+    assert validate_on_strips([50], 0.1) and validate_on_strips([25, 3], 0.1)
+    # three micrographs: strips when a quarter of the picks is enough to choose a threshold
+    assert validate_on_strips([65, 65, 65], 0.1)  # ~49 validation picks
+    assert not validate_on_strips([25, 25, 25], 0.1)  # ~19: a whole micrograph holds 25
+    assert not validate_on_strips([65] * 4, 0.1)  # four or more: whole micrographs
+    assert not validate_on_strips([50], 0.0) and not validate_on_strips([], 0.1)

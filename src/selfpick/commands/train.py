@@ -18,9 +18,11 @@ Examples:
 
 With a few picks (say 100-300 particles on 1-5 micrographs; give every other micrograph too,
 without coordinates, or with --unlabeled-dir: they are used through pseudo-labels):
-  - validation: with 3 or more labelled micrographs, whole ones are held out (--val-fraction);
-    with 1 or 2, a strip of a quarter of each micrograph's rows is held out instead, never
-    trained on or pseudo-labelled (config.json: split.val_regions);
+  - validation: with 4 or more labelled micrographs, whole ones are held out (--val-fraction);
+    with 1 or 2 (or 3 whose picks number 120 or more), a strip of a quarter of each
+    micrograph's rows is held out instead, never trained on or pseudo-labelled (config.json:
+    split.val_regions), and self-training then trains a fresh network on the pseudo-labels
+    rather than fine-tuning the supervised one (--student);
   - the share of particles you picked (label completeness) is estimated on validation from
     the picks the model is surest of; below 0.8 the threshold is chosen on precision
     corrected for it and self-training runs (with fewer than 30 labelled validation

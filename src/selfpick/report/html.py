@@ -617,7 +617,7 @@ def _pseudo_table(exp: Experiment) -> str:
              'the unlabelled pixels to be particles the model has not picked (estimated '
              'from its picks, validation precision and recall). Student: whether the stage '
              'fine-tuned the previous model or trained a fresh one from random weights (the '
-             'default with picks on one or two micrographs, whose teacher saw only those).</p>')
+             'default when validation is on strips of 1-3 labelled micrographs).</p>')
     return "".join(h)
 
 

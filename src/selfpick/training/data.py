@@ -153,6 +153,27 @@ def label_edge_margin(micrographs: list[TrainingMicrograph], diameter: float) ->
 REGION_VALIDATION_BELOW = 3
 # Share of each micrograph's rows held out when validating on strips.
 STRIP_FRACTION = 0.25
+# With exactly REGION_VALIDATION_BELOW labelled micrographs, strips are held out when they
+# would still hold this many picks (validate.FEW_VALIDATION_PARTICLES: enough to choose a
+# threshold on). EMPIAR-10017, 3 x 65 picks: one whole micrograph held out left two to train
+# on and set the threshold on one (easy) micrograph; strips of all three (45-49 picks) ranked
+# and picked better. EMPIAR-10028, 3 x 25 picks: strips would hold ~19 and picked no better
+# (bench/NOTES.md, "Strips on three labelled micrographs").
+STRIP_VALIDATION_PARTICLES = 30
+
+
+def validate_on_strips(picks_per_micrograph: list[int], val_fraction: float) -> bool:
+    """Whether validation holds out a strip of every labelled micrograph rather than whole
+    micrographs: always with one or two labelled micrographs, with three when a
+    :data:`STRIP_FRACTION` of their picks reaches :data:`STRIP_VALIDATION_PARTICLES`.
+    ``picks_per_micrograph``: the number of picks on each labelled micrograph."""
+    n = len(picks_per_micrograph)
+    if val_fraction <= 0 or n == 0:
+        return False
+    if n < REGION_VALIDATION_BELOW:
+        return True
+    return (n == REGION_VALIDATION_BELOW
+            and STRIP_FRACTION * sum(picks_per_micrograph) >= STRIP_VALIDATION_PARTICLES)
 
 
 def hold_out_strip(index: int, shape: tuple[int, int], diameter: float, seed: int,
@@ -161,8 +182,9 @@ def hold_out_strip(index: int, shape: tuple[int, int], diameter: float, seed: in
     ``index`` (in name order) to validate on: ``fraction`` of its height ``shape[0]``, at
     least two particle diameters high.
 
-    Used when only one or two micrographs carry labels: holding out a whole one would leave
-    nothing (or one) to train on, and validating on training labels is optimistic, and worse
+    Used when only one to three micrographs carry labels (:func:`validate_on_strips`): holding
+    out a whole one would leave nothing (or one or two) to train on and set the threshold on
+    one micrograph's particles, and validating on training labels is optimistic, and worse
     for partial picks (the unpicked particles the model learned to call background then
     decide the threshold). The strip's labels are never trained on and nothing in it becomes
     a pseudo-label; the rest of the micrograph trains as usual.
@@ -255,7 +277,7 @@ def load_training_set(cfg: Config, cache_dir: Path | None = None,
     cfg.model.input_stride = choose_input_stride(diameter, cfg.preprocess,
                                                  cfg.model.input_stride)
     factor = choose_downsample(diameter, cfg.preprocess, cfg.model.input_stride)
-    strips = len(labelled) < REGION_VALIDATION_BELOW and cfg.train.val_fraction > 0
+    strips = validate_on_strips([len(by_name[n]) for n in labelled], cfg.train.val_fraction)
     if strips:
         train_names, val_names = sorted(labelled), []
     else:
@@ -312,7 +334,7 @@ def load_training_set(cfg: Config, cache_dir: Path | None = None,
                  "(%s; %d labelled particles), never trained on or pseudo-labelled; label "
                  "%d or more micrographs to validate on whole ones", len(val),
                  ", ".join(f"{m.name} rows {m.region[0]:.0f}-{m.region[1]:.0f}" for m in val),
-                 sum(len(m.truth) for m in val), REGION_VALIDATION_BELOW)
+                 sum(len(m.truth) for m in val), REGION_VALIDATION_BELOW + 1)
     return ts
 
 

@@ -632,8 +632,8 @@ def _run_stages(cfg: Config, ts: TrainingSet, out: Path, device: torch.device,
                 log.info("%s: a fresh student (random weights, %d epochs at the full learning "
                          "rate) learns the pseudo-labels%s", name, cfg.train.initial_epochs,
                          "" if cfg.selftrain.student == "fresh" else
-                         " (--student auto: the picks are on one or two micrographs, validated "
-                         "on strips)")
+                         " (--student auto: the picks are on so few micrographs that "
+                         "validation is on strips)")
             # (an interrupted stage's checkpoint then replaces these weights in train_stage)
             _reinitialise(model, cfg, k)
         epochs = cfg.train.initial_epochs if k == 0 or fresh else cfg.train.retrain_epochs
@@ -720,8 +720,8 @@ def _run_stages(cfg: Config, ts: TrainingSet, out: Path, device: torch.device,
 def student_for(cfg: Config, ts: TrainingSet) -> str:
     """``'fresh'`` or ``'finetune'``: how self-training iterations start (``--student``).
 
-    'auto' trains a fresh student when validation is on strips, i.e. the picks are on fewer
-    than :data:`~selfpick.training.data.REGION_VALIDATION_BELOW` micrographs: a teacher
+    'auto' trains a fresh student when validation is on strips, i.e. the picks are on one to
+    three micrographs (:func:`~selfpick.training.data.validate_on_strips`): a teacher
     trained on one micrograph has learned that micrograph's particles, and a student
     fine-tuned from it stays close to it.
     On 6 draws with one labelled micrograph (EMPIAR-10017 and -10028) a fresh student ranked
