@@ -726,8 +726,9 @@ def student_for(cfg: Config, ts: TrainingSet) -> str:
     fine-tuned from it stays close to it.
     On 6 draws with one labelled micrograph (EMPIAR-10017 and -10028) a fresh student ranked
     better on the unlabelled training micrographs in all 6 (AP +0.003 to +0.066) and picked
-    better in 5; with three labelled micrographs it did not (AP -0.016 and +0.002 on
-    average; ``bench/NOTES.md``).
+    better in 5; with three labelled micrographs validated on a whole one it did not (AP
+    -0.016 and +0.002 on average), validated on strips (EMPIAR-10017, 3 x 65 picks) it did
+    (+0.016; ``bench/NOTES.md``).
     """
     if cfg.selftrain.student != "auto":
         return cfg.selftrain.student
