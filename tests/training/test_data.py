@@ -322,3 +322,28 @@ def test_strips_for_one_or_two_micrographs_and_for_three_with_enough_picks():
     assert not validate_on_strips([25, 25, 25], 0.1)  # ~19: a whole micrograph holds 25
     assert not validate_on_strips([65] * 4, 0.1)  # four or more: whole micrographs
     assert not validate_on_strips([50], 0.0) and not validate_on_strips([], 0.1)
+
+
+def test_a_resumed_experiment_keeps_its_kind_of_validation(tiny_data, tmp_path):
+    from selfpick.training.experiment import _saved_strips
+
+    coords = json.loads((tiny_data.output_dir / "labels" / "coordinates.json").read_text())
+    three = {k: coords[k] for k in sorted(coords)[:3]}
+    cfile = tmp_path / "coords.json"
+    cfile.write_text(json.dumps(three))
+    cfg = tiny_config(tiny_data.output_dir, tmp_path / "exp", coords_file=str(cfile))
+    n = sum(len(v) for v in three.values())
+    ts = load_training_set(cfg, cache_dir=None, progress=False)
+    assert ("val_regions" in ts.split_names()) == (n >= 120)
+    forced = load_training_set(cfg, cache_dir=None, progress=False, strips=True)
+    assert sorted(forced.split_names()["val_regions"]) == sorted(three)
+    whole = load_training_set(cfg, cache_dir=None, progress=False, strips=False)
+    assert "val_regions" not in whole.split_names() and len(whole.subset("val")) == 1
+
+    exp = tmp_path / "saved"
+    exp.mkdir()
+    assert _saved_strips(exp) is None  # nothing saved
+    (exp / "config.json").write_text(json.dumps({"split": whole.split_names()}))
+    assert _saved_strips(exp) is False
+    (exp / "config.json").write_text(json.dumps({"split": forced.split_names()}))
+    assert _saved_strips(exp) is True

@@ -254,8 +254,12 @@ def load_preprocessed(path: Path, factor: float, pcfg: PreprocessConfig,
 
 
 def load_training_set(cfg: Config, cache_dir: Path | None = None,
-                      progress: bool = True) -> TrainingSet:
-    """Read, match, check, split and preprocess the labelled (and unlabelled) micrographs."""
+                      progress: bool = True, strips: bool | None = None) -> TrainingSet:
+    """Read, match, check, split and preprocess the labelled (and unlabelled) micrographs.
+
+    ``strips``: validate on strips (True) or whole micrographs (False) whatever
+    :func:`validate_on_strips` says; a resumed experiment passes what it was started with.
+    """
     d = cfg.data
     if not d.image_dir:
         raise InputError("no micrographs given: use --image-dir")
@@ -277,7 +281,9 @@ def load_training_set(cfg: Config, cache_dir: Path | None = None,
     cfg.model.input_stride = choose_input_stride(diameter, cfg.preprocess,
                                                  cfg.model.input_stride)
     factor = choose_downsample(diameter, cfg.preprocess, cfg.model.input_stride)
-    strips = validate_on_strips([len(by_name[n]) for n in labelled], cfg.train.val_fraction)
+    if strips is None:
+        strips = validate_on_strips([len(by_name[n]) for n in labelled], cfg.train.val_fraction)
+    strips = bool(strips) and cfg.train.val_fraction > 0
     if strips:
         train_names, val_names = sorted(labelled), []
     else:

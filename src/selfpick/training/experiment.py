@@ -514,6 +514,17 @@ def _discard(out: Path, existed: bool) -> None:
             out.rmdir()
 
 
+def _saved_strips(out: Path) -> bool | None:
+    """Whether the experiment in ``out`` validated on strips (``None``: no record of it)."""
+    try:
+        split = json.loads((out / "config.json").read_text()).get("split")
+    except (OSError, ValueError):
+        return None
+    if not isinstance(split, dict) or "val" not in split:
+        return None
+    return bool(split.get("val_regions"))
+
+
 def _setup(cfg: Config, out: Path, continuing: bool, argv: list[str], progress: bool):
     """Load and split the data, write config.json; returns (training set, val micrographs,
     the split name the metrics are measured on)."""
@@ -524,11 +535,14 @@ def _setup(cfg: Config, out: Path, continuing: bool, argv: list[str], progress: 
             log.info("resuming the experiment in %s", out)
     # Rank 0 preprocesses (and fills the cache) first; the other ranks then read the cache.
     ts = None
+    # A resumed experiment keeps the kind of validation it started with (whole micrographs or
+    # strips), even where today's rule would choose the other: its stages were chosen on it.
+    strips = _saved_strips(out) if continuing else None
     if is_main:
-        ts = load_training_set(cfg, cache_dir=out / "cache", progress=progress)
+        ts = load_training_set(cfg, cache_dir=out / "cache", progress=progress, strips=strips)
     dist.barrier()
     if not is_main:
-        ts = load_training_set(cfg, cache_dir=out / "cache", progress=False)
+        ts = load_training_set(cfg, cache_dir=out / "cache", progress=False, strips=strips)
     if not ts.subset("train"):
         raise SelfpickError("no labelled micrograph is left for training after the "
                             "validation split; label more micrographs or lower "
