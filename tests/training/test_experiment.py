@@ -512,9 +512,11 @@ def test_student_auto_is_fresh_only_when_validating_on_strips():
 
     from selfpick.config import Config
 
+    from selfpick.training.data import TrainingSet
+
     def training_set(*regions):
-        val = [SimpleNamespace(region=r) for r in regions]
-        return SimpleNamespace(subset=lambda split: val if split == "val" else [])
+        val = [SimpleNamespace(region=r, split="val") for r in regions]
+        return TrainingSet(val, particle_diameter=20.0, downsample=1.0)
 
     cfg = Config()
     assert cfg.selftrain.student == "auto"

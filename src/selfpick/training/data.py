@@ -83,6 +83,12 @@ class TrainingSet:
     def subset(self, split: str) -> list[TrainingMicrograph]:
         return [m for m in self.micrographs if m.split == split]
 
+    @property
+    def validates_on_strips(self) -> bool:
+        """Whether validation is on held-out strips of the labelled micrographs
+        (:func:`validate_on_strips`) rather than on whole micrographs."""
+        return any(m.region is not None for m in self.subset("val"))
+
     def split_names(self) -> dict:
         out: dict = {s: [m.name for m in self.subset(s)] for s in ("train", "val", "unlabeled")}
         regions = {m.name: [float(m.region[0]), float(m.region[1])] for m in self.subset("val")

@@ -746,8 +746,7 @@ def student_for(cfg: Config, ts: TrainingSet) -> str:
     """
     if cfg.selftrain.student != "auto":
         return cfg.selftrain.student
-    strips = any(m.region is not None for m in ts.subset("val"))
-    return "fresh" if strips else "finetune"
+    return "fresh" if ts.validates_on_strips else "finetune"
 
 
 def _reinitialise(model: torch.nn.Module, cfg: Config, k: int) -> None:
