@@ -8,10 +8,13 @@ validation, pseudo-labels or any choice of a default.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real"
+# SELFPICK_REAL_DATA points elsewhere (e.g. a copy on a GPU machine without ../shared).
+REAL = Path(os.environ.get("SELFPICK_REAL_DATA") or
+            Path(__file__).resolve().parents[1].parent / "shared" / "data" / "real")
 
 
 @dataclass(frozen=True)

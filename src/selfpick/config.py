@@ -220,6 +220,8 @@ class SelfTrainConfig:
                        "micrographs (1-3) that validation is on strips, whose teacher has "
                        "seen only those micrographs' particles, 'finetune' otherwise",
                        choices=("auto", "finetune", "fresh"))
+    student_epochs: int = opt(0, "epochs of a fresh student (--student); 0 = --initial-epochs",
+                              bounds=(0, None))
     early_stop_patience: int = opt(0, "stop self-training after this many iterations without a "
                                    "better validation particle F1 (0 = never)", bounds=(0, None))
     self_train_complete_labels: bool = opt(False, "self-train even when the validation labels "
