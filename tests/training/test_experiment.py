@@ -507,6 +507,16 @@ def test_a_fresh_student_trains_for_the_initial_epochs(tiny_data, tmp_path, monk
     assert [s["training"]["epochs"] for s in stages] == [2, 2]
 
 
+def test_student_epochs_sets_the_fresh_students_length_only(tiny_data, tmp_path):
+    out = tmp_path / "exp"
+    cfg = tiny_config(tiny_data.output_dir, out, student="fresh", initial_epochs=2,
+                      student_epochs=1, retrain_epochs=3)
+    run_training(cfg, progress=False)
+    stages = _read(out / "metrics.json")["stages"]
+    assert [s["training"]["epochs"] for s in stages] == [2, 1]
+    assert "(random weights, 1 epochs" in (out / "training.log").read_text()
+
+
 def test_student_auto_is_fresh_only_when_validating_on_strips():
     from types import SimpleNamespace
 
