@@ -13,9 +13,9 @@ curated labels:
 - ``B2`` "one micrograph": 1 training micrograph with 50 random picks (10028, simulated: 25);
 - ``B3`` "sparse everywhere": 10 % of the particles of every training micrograph;
 - ``all``: every particle of every training micrograph (the ceiling of these labels);
-- ``B1-all``: B1's micrographs (the same draw) with every particle labelled, the others
-  unlabelled: what those few micrographs could teach if they were picked completely, which
-  separates "few micrographs" from "few picks on them" (not run by default).
+- ``B1-all``, ``B2-all``: B1's (B2's) micrographs (the same draw) with every particle
+  labelled, the others unlabelled: what those few micrographs could teach if they were picked
+  completely, which separates "few micrographs" from "few picks on them" (not run by default).
 
 For each: iteration 0, the stage the experiment chose (``best_model.pt``) and the last stage;
 precision, recall and F1 at the stage's own threshold, best F1 over thresholds, AP over all
@@ -54,9 +54,9 @@ import accuracy  # noqa: E402
 from realdata import DATASETS, RealDataset  # noqa: E402
 
 RESULTS = accuracy.RESULTS
-BUDGETS = ("B1", "B2", "B3", "all", "B1-all")
+BUDGETS = ("B1", "B2", "B3", "all", "B1-all", "B2-all")
 # Budgets that reuse another's draw of micrographs but label every particle on them.
-COMPLETE_ON = {"B1-all": "B1"}
+COMPLETE_ON = {"B1-all": "B1", "B2-all": "B2"}
 # (micrographs with picks, picks per micrograph) per budget and data set; B3 and all are
 # fractions of every micrograph's particles.
 PICKS = {"10017": {"B1": (3, 65), "B2": (1, 50)}}
@@ -221,7 +221,7 @@ def main() -> int:
                     help="real data sets, simulated panel presets (sim-NAME, exact truth) or "
                          "'panel' (default: both real sets and sim-globular)")
     ap.add_argument("--budgets", nargs="+", default=[b for b in BUDGETS if b not in COMPLETE_ON],
-                    choices=BUDGETS, help="label budgets (default: all but B1-all)")
+                    choices=BUDGETS, help="label budgets (default: all but B1-all and B2-all)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--train-args", default="", help="extra selfpick train flags (tuning only)")
     ap.add_argument("--work", default=None, help="working folder (default: a temporary one)")

@@ -214,14 +214,15 @@ class SelfTrainConfig:
                        "'finetune' goes on from the previous stage's weights for "
                        "--retrain-epochs at a third of the learning rate; 'fresh' trains a "
                        "new network from random weights on the pseudo-labels of every "
-                       "micrograph for --initial-epochs at the full learning rate (a student "
+                       "micrograph for --student-epochs at the full learning rate (a student "
                        "that does not inherit its teacher's mistakes, at the cost of a full "
                        "training); 'auto' (default): 'fresh' when the picks are on so few "
                        "micrographs (1-3) that validation is on strips, whose teacher has "
                        "seen only those micrographs' particles, 'finetune' otherwise",
                        choices=("auto", "finetune", "fresh"))
-    student_epochs: int = opt(0, "epochs of a fresh student (--student); 0 = --initial-epochs",
-                              bounds=(0, None))
+    student_epochs: int = opt(40, "epochs of a fresh student (--student), on the pseudo-labels "
+                              "of every micrograph; 0 = --initial-epochs. With a few picks 40 "
+                              "ranked as well as 80 in two thirds of the training time", bounds=(0, None))
     early_stop_patience: int = opt(0, "stop self-training after this many iterations without a "
                                    "better validation particle F1 (0 = never)", bounds=(0, None))
     self_train_complete_labels: bool = opt(False, "self-train even when the validation labels "
@@ -328,11 +329,13 @@ SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
 # its model scored low as background until "unpicked_pixels" was, and picked without
 # test-time augmentation (its threshold was chosen that way) until "tta" was added, and
 # downsampled hot pixels as they were until "outlier_sigma" was, and judged the picks partial
-# only after all supervised epochs until "pu_after" was.
+# only after all supervised epochs until "pu_after" was, and trained a fresh student for
+# the supervised epochs until "student_epochs" was.
 SAVED_BEFORE: dict[str, dict[str, Any]] = {"model": {"skip": "concat", "input_stride": 1},
                                             "selftrain": {"self_train_complete_labels": True,
                                                           "unpicked_pixels": "background",
-                                                          "student": "finetune"},
+                                                          "student": "finetune",
+                                                          "student_epochs": 0},
                                             "loss": {"pu_epochs": 0,
                                                      "pu_micrographs": "labelled",
                                                      "pu_after": 1.0},

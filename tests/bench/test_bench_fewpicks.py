@@ -75,6 +75,10 @@ def test_budget_draw_depends_on_the_seed_and_keeps_curated_rows(tmp_path):
     full = fewpicks.write_budget(tmp_path / "b1all", ds, "B1-all", 0)
     assert full["labelled_micrographs"] == a["labelled_micrographs"]
     assert full["picks"] == 120 and full["unlabelled_micrographs"] == 2
+    one = fewpicks.write_budget(tmp_path / "b2", ds, "B2", 0)
+    one_full = fewpicks.write_budget(tmp_path / "b2all", ds, "B2-all", 0)
+    assert one_full["labelled_micrographs"] == one["labelled_micrographs"]
+    assert one["picks"] == 25 and one_full["picks"] == 40
 
 
 def test_update_docs_replaces_only_the_marked_block(tmp_path):

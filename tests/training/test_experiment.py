@@ -500,7 +500,7 @@ def test_a_fresh_student_trains_for_the_initial_epochs(tiny_data, tmp_path, monk
                         lambda model, cfg, k: (calls.append(k), real(model, cfg, k)))
     out = tmp_path / "exp"
     cfg = tiny_config(tiny_data.output_dir, out, student="fresh", initial_epochs=2,
-                      retrain_epochs=1)
+                      retrain_epochs=1, student_epochs=0)
     run_training(cfg, progress=False)
     stages = _read(out / "metrics.json")["stages"]
     assert calls == [1]
@@ -543,3 +543,10 @@ def test_models_saved_before_student_auto_keep_finetuning():
     from selfpick.config import Config
 
     assert Config.from_saved({"selftrain": {}}).selftrain.student == "finetune"
+
+
+def test_models_saved_before_student_epochs_trained_fresh_students_for_the_initial_epochs():
+    from selfpick.config import Config
+
+    assert Config().selftrain.student_epochs == 40
+    assert Config.from_saved({"selftrain": {"student": "fresh"}}).selftrain.student_epochs == 0

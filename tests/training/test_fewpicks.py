@@ -26,7 +26,8 @@ def test_few_picks_on_one_micrograph_train_validate_on_a_strip_and_report(tiny_d
     out = tmp_path / "exp"
     # (the older pseudo-background scheme here; the default is tested below)
     cfg = tiny_config(tiny_data.output_dir, out, coords_file=str(cfile),
-                      self_training_iterations=1, unpicked_pixels="background")
+                      self_training_iterations=1, unpicked_pixels="background",
+                      student_epochs=3)
     result = run_training(cfg, progress=False)
 
     conf = json.loads((out / "config.json").read_text())
@@ -70,10 +71,9 @@ def test_few_picks_on_one_micrograph_train_validate_on_a_strip_and_report(tiny_d
         min(0.05, 0.5 * stage0["threshold"]))
     assert result.stages[1]["pseudo_labels"]["unlabelled_prior"] is None
     assert result.stages[1]["training"]["loss"] == "focal + Dice"
-    # one labelled micrograph: --student auto trains a fresh student for the full epochs
+    # one labelled micrograph: --student auto trains a fresh student for --student-epochs
     assert result.stages[1]["training"]["student"] == "fresh"
-    assert result.stages[1]["training"]["epochs"] == cfg.train.initial_epochs != \
-        cfg.train.retrain_epochs
+    assert result.stages[1]["training"]["epochs"] == cfg.selftrain.student_epochs == 3
     assert "a fresh student" in log
 
     from selfpick.report.html import build_report
