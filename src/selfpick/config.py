@@ -215,14 +215,15 @@ class SelfTrainConfig:
                        "--retrain-epochs at a third of the learning rate; 'fresh' trains a "
                        "new network from random weights on the pseudo-labels of every "
                        "micrograph for --student-epochs at the full learning rate (a student "
-                       "that does not inherit its teacher's mistakes, at the cost of a full "
+                       "that does not inherit its teacher's mistakes, at the cost of a second "
                        "training); 'auto' (default): 'fresh' when the picks are on so few "
                        "micrographs (1-3) that validation is on strips, whose teacher has "
                        "seen only those micrographs' particles, 'finetune' otherwise",
                        choices=("auto", "finetune", "fresh"))
     student_epochs: int = opt(40, "epochs of a fresh student (--student), on the pseudo-labels "
                               "of every micrograph; 0 = --initial-epochs. With a few picks 40 "
-                              "ranked as well as 80 in two thirds of the training time", bounds=(0, None))
+                              "ranked as well as 80 in two thirds of the training time",
+                              bounds=(0, None))
     early_stop_patience: int = opt(0, "stop self-training after this many iterations without a "
                                    "better validation particle F1 (0 = never)", bounds=(0, None))
     self_train_complete_labels: bool = opt(False, "self-train even when the validation labels "

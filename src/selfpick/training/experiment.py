@@ -641,19 +641,18 @@ def _run_stages(cfg: Config, ts: TrainingSet, out: Path, device: torch.device,
                      "--crops-per-epoch sets it)", name, length, len(images), cover)
         dataset = CropDataset(images, targets, crop, length, seed=cfg.train.seed * 1000 + k)
         fresh = k > 0 and student_for(cfg, ts) == "fresh"
+        epochs = (cfg.train.initial_epochs if k == 0 else
+                  (cfg.selftrain.student_epochs or cfg.train.initial_epochs) if fresh else
+                  cfg.train.retrain_epochs)
         if fresh:
             if is_main:
                 log.info("%s: a fresh student (random weights, %d epochs at the full learning "
-                         "rate) learns the pseudo-labels%s", name,
-                         cfg.selftrain.student_epochs or cfg.train.initial_epochs,
+                         "rate) learns the pseudo-labels%s", name, epochs,
                          "" if cfg.selftrain.student == "fresh" else
                          " (--student auto: the picks are on so few micrographs that "
                          "validation is on strips)")
             # (an interrupted stage's checkpoint then replaces these weights in train_stage)
             _reinitialise(model, cfg, k)
-        epochs = (cfg.train.initial_epochs if k == 0 else
-                  (cfg.selftrain.student_epochs or cfg.train.initial_epochs) if fresh else
-                  cfg.train.retrain_epochs)
         stage_loss = loss_fn
         if k > 0 and cfg.selftrain.unpicked_pixels == "unlabelled":
             prior = pl_stats.unlabelled_prior if is_main else 0.0
