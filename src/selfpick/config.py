@@ -221,9 +221,10 @@ class SelfTrainConfig:
                        "seen only those micrographs' particles, 'finetune' otherwise",
                        choices=("auto", "finetune", "fresh"))
     student_epochs: int = opt(40, "epochs of a fresh student (--student), on the pseudo-labels "
-                              "of every micrograph; 0 = --initial-epochs. With a few picks 40 "
-                              "ranked as well as 80 in two thirds of the training time",
-                              bounds=(0, None))
+                              "of every micrograph, but never fewer crops than the supervised "
+                              "stage trained on (it starts from random weights); 0 = "
+                              "--initial-epochs. On large micrographs 40 ranked as well as 80 "
+                              "in two thirds of the training time", bounds=(0, None))
     early_stop_patience: int = opt(0, "stop self-training after this many iterations without a "
                                    "better validation particle F1 (0 = never)", bounds=(0, None))
     self_train_complete_labels: bool = opt(False, "self-train even when the validation labels "

@@ -510,11 +510,25 @@ def test_a_fresh_student_trains_for_the_initial_epochs(tiny_data, tmp_path, monk
 def test_student_epochs_sets_the_fresh_students_length_only(tiny_data, tmp_path):
     out = tmp_path / "exp"
     cfg = tiny_config(tiny_data.output_dir, out, student="fresh", initial_epochs=2,
-                      student_epochs=1, retrain_epochs=3)
+                      student_epochs=3, retrain_epochs=1)
     run_training(cfg, progress=False)
     stages = _read(out / "metrics.json")["stages"]
-    assert [s["training"]["epochs"] for s in stages] == [2, 1]
-    assert "(random weights, 1 epochs" in (out / "training.log").read_text()
+    assert [s["training"]["epochs"] for s in stages] == [2, 3]
+    assert "(random weights, 3 epochs" in (out / "training.log").read_text()
+
+
+def test_a_fresh_student_sees_at_least_the_supervised_stages_crops():
+    from selfpick.config import Config
+
+    cfg = Config()
+    assert (cfg.train.initial_epochs, cfg.selftrain.student_epochs) == (80, 40)
+    # EMPIAR-10017: 64 crops an epoch on the labelled micrographs, 156 on all ten
+    assert experiment.fresh_student_epochs(cfg, 80 * 64, 156) == 40
+    # EMPIAR-10028: 64 crops an epoch either way, so the student trains as long as its teacher
+    assert experiment.fresh_student_epochs(cfg, 80 * 64, 64) == 80
+    assert experiment.fresh_student_epochs(cfg, 80 * 64, 100) == 52  # never fewer crops
+    cfg.update({"student_epochs": 0})
+    assert experiment.fresh_student_epochs(cfg, 80 * 64, 156) == 80  # --initial-epochs
 
 
 def test_student_auto_is_fresh_only_when_validating_on_strips():
