@@ -742,7 +742,7 @@ def fresh_student_epochs(cfg: Config, supervised_crops: int, crops_per_epoch: in
     crops an epoch), since the student starts from random weights; 0 = ``--initial-epochs``.
 
     On EMPIAR-10017 (4096² micrographs: 64 crops an epoch for the teacher on 1-3 labelled
-    micrographs, ~156 for the student on all ten) 40 epochs ranked as well as 80 in two
+    micrographs, 157 for the student on all ten) 40 epochs ranked as well as 80 in two
     thirds of the time; on EMPIAR-10028 (1024²: 64 crops an epoch for both) 40 epochs were
     half its teacher's training, and B2 draw 0 fell from F1 0.829 to 0.567 (bench/NOTES.md).
     """
