@@ -517,8 +517,8 @@ def _discard(out: Path, existed: bool) -> None:
 def _saved_strips(out: Path) -> bool | None:
     """Whether the experiment in ``out`` validated on strips (``None``: no record of it)."""
     try:
-        split = json.loads((out / "config.json").read_text()).get("split")
-    except (OSError, ValueError):
+        split = load_config_file(out / "config.json").get("split")
+    except SelfpickError:
         return None
     if not isinstance(split, dict) or "val" not in split:
         return None
@@ -594,8 +594,8 @@ def _run_stages(cfg: Config, ts: TrainingSet, out: Path, device: torch.device,
     train_mics = ts.subset("train")
     crop = crop_side(cfg, model.multiple)
     # what the supervised stage trains on, which a fresh self-training student must match
-    supervised_crops = cfg.train.initial_epochs * (
-        cfg.train.crops_per_epoch or default_crops_per_epoch([m.image for m in train_mics], crop))
+    supervised_crops = cfg.train.initial_epochs * _epoch_length(
+        cfg, [m.image for m in train_mics], crop)
     prev_val: ValidationResult | None = None
     stages: list[dict] = []
     best_f1, since_best = -1.0, 0
@@ -637,7 +637,7 @@ def _run_stages(cfg: Config, ts: TrainingSet, out: Path, device: torch.device,
             if not is_main:
                 targets = [np.load(stage_dir / "pseudo_labels" / f"{m.name}.npy") for m in pool]
         images = [m.image for m in pool]
-        length = cfg.train.crops_per_epoch or default_crops_per_epoch(images, crop)
+        length = _epoch_length(cfg, images, crop)
         cover = crops_to_cover(images, crop)
         if not cfg.train.crops_per_epoch and is_main and cover > length:
             log.info("%s: %d crops an epoch (covering the %d micrographs once would take %d; "
@@ -734,6 +734,11 @@ def _run_stages(cfg: Config, ts: TrainingSet, out: Path, device: torch.device,
         best_stage = _finish(out, root)
     dist.barrier()
     return ExperimentResult(out, stages if is_main else [], best_stage)
+
+
+def _epoch_length(cfg: Config, images: list[np.ndarray], crop: int) -> int:
+    """Crops an epoch on ``images``: ``--crops-per-epoch``, else enough to cover them once."""
+    return cfg.train.crops_per_epoch or default_crops_per_epoch(images, crop)
 
 
 def fresh_student_epochs(cfg: Config, supervised_crops: int, crops_per_epoch: int) -> int:
