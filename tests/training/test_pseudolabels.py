@@ -8,6 +8,7 @@ import pytest
 from selfpick.config import Config, SelfTrainConfig, TargetConfig
 from selfpick.targets import IGNORE, NEGATIVE, POSITIVE, make_target
 from selfpick.training.pseudolabels import (BACKGROUND_FRACTION, PseudoLabelStats,
+                                            score_for_half_the_particles,
                                             calibrated_background, estimated_particles,
                                             hidden_particles,
                                             estimated_precision, label_shares, listing_floor,
@@ -328,3 +329,20 @@ def test_label_shares_and_stats_description():
     stats = PseudoLabelStats("peaks", 0.95, 0.05, 0.42, 2, n, sp, sn, si, 7, None, 1.0, 0.062, 65)
     assert "65 labelled validation particles)" in stats.describe()
     assert stats.as_dict()["validation_particles"] == 65
+
+
+def test_pseudo_particles_reach_half_the_estimated_particles():
+    # two micrographs, 10 peaks each; 12 real particles estimated, so 6 should be taken
+    pool = [np.linspace(0.95, 0.05, 10), np.linspace(0.9, 0.0, 10)]
+    # the precision rule asked for 0.92: only 1 peak; the 6th best peak scores 0.70
+    assert score_for_half_the_particles(pool, 12, 0.92, 0.1) == pytest.approx(0.7)
+    # never below the picking threshold
+    assert score_for_half_the_particles(pool, 12, 0.92, 0.8) == pytest.approx(0.8)
+    # enough peaks already reach the asked-for score: unchanged, never raised
+    assert score_for_half_the_particles(pool, 4, 0.7, 0.1) == pytest.approx(0.7)
+    # no estimate, or no score asked for: unchanged
+    assert score_for_half_the_particles(pool, 0, 0.92, 0.1) == pytest.approx(0.92)
+    assert score_for_half_the_particles(pool, 12, float("inf"), 0.1) == float("inf")
+    # more particles estimated than peaks: the weakest peak, floored by the threshold
+    assert score_for_half_the_particles(pool, 100, 0.92, 0.01) == pytest.approx(0.01)
+    assert score_for_half_the_particles([], 10, 0.92, 0.1) == pytest.approx(0.92)

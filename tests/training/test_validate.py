@@ -101,3 +101,16 @@ def test_few_validation_particles_pick_in_the_middle_of_the_uncertain_range():
     assert k == kt == 0 and rule == "max F1"
     # a range of one threshold stays where it is
     assert middle_of_range(thresholds, [thresholds[4], thresholds[4]]) == 4
+    # a fresh student's polarised scores: the maximum, however few the particles
+    k, kt, u, rule = choose_threshold(f1, thresholds, n_true=12, polarised=True)
+    assert k == kt == 0 and rule == "max F1" and u["range"] == [thresholds[6], thresholds[0]]
+
+
+def test_f1_standard_error_is_binomial_and_never_zero_on_few_particles():
+    from selfpick.training.validate import f1_standard_error
+
+    assert f1_standard_error(0.9, 0) == 0.0
+    assert f1_standard_error(1.0, 11) == pytest.approx(0.080, abs=0.001)
+    # many particles: the plain binomial error, sqrt(0.9 * 0.1 / 10000) = 0.003
+    assert f1_standard_error(0.9, 10_000) == pytest.approx(0.003, abs=0.0002)
+    assert f1_standard_error(1.0, 11) > f1_standard_error(1.0, 100) > 0

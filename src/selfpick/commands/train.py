@@ -27,7 +27,8 @@ without coordinates, or with --unlabeled-dir: they are used through pseudo-label
     the picks the model is surest of; below 0.8 the threshold is chosen on precision
     corrected for it and self-training runs (with fewer than 30 labelled validation
     particles, in the middle of the thresholds whose F1 is within one standard error of
-    the best, not at a random end of a flat curve); below 0.5 the supervised stage also
+    the best, not at a random end of a flat curve, except for a fresh student, whose
+    scores crowd near 0 and 1); below 0.5 the supervised stage also
     goes on for --pu-epochs (20) with a positive-unlabelled loss (unpicked particles are not
     background) and keeps the model that validates better. The completeness is first read
     after a quarter of the supervised epochs (--pu-after): when fewer than 15 in 100
@@ -35,10 +36,12 @@ without coordinates, or with --unlabeled-dir: they are used through pseudo-label
     training stops there, before it teaches the unpicked particles as background, and the
     remaining epochs use the positive-unlabelled loss;
   - self-training (--self-training-iterations, 1) turns confident peaks on every training
-    and unlabelled micrograph into pseudo-particles and retrains with a positive-unlabelled
-    loss: the other pixels are unlabelled, not background, a share of them (estimated from
-    the number of picks) taken to be particles not picked yet (--unpicked-pixels);
-    best_model.pt is the stage that validates best.
+    and unlabelled micrograph into pseudo-particles (at least half of the particles the
+    picks imply, however few validation particles vouch for them) and retrains with a
+    positive-unlabelled loss: the other pixels are unlabelled, not background, a share of
+    them (estimated from the number of picks) taken to be particles not picked yet
+    (--unpicked-pixels); best_model.pt is the latest stage that validates within one
+    standard error of the best.
   training.log and metrics.json say for each stage the estimated completeness, the range of
   thresholds the validation labels cannot tell apart, whether the positive-unlabelled model
   was kept, how many pseudo-particles were added with their estimated precision and the

@@ -143,6 +143,19 @@ def local_precision(is_tp: np.ndarray, completeness: float) -> np.ndarray:
     return np.minimum(1.0, fit / c)
 
 
+def f1_standard_error(f1: float, n_true: int) -> float:
+    """Binomial standard error of an F1 measured on ``n_true`` labelled particles.
+
+    ``sqrt(F1 (1 - F1) / n)`` with F1 Laplace-smoothed as ``(n F1 + 1) / (n + 2)``, so that
+    a perfect score on a handful of particles is not taken as certain (F1 1.0 on 11
+    particles: 0.08, not 0). 0 when there are no labelled particles.
+    """
+    if not n_true:
+        return 0.0
+    smooth = (float(f1) * n_true + 1) / (n_true + 2)
+    return float(np.sqrt(smooth * (1 - smooth) / n_true))
+
+
 def threshold_uncertainty(f1: np.ndarray, thresholds: np.ndarray, k: int,
                           n_true: int) -> dict:
     """How well the validation labels pin the picking threshold down.
@@ -157,9 +170,7 @@ def threshold_uncertainty(f1: np.ndarray, thresholds: np.ndarray, k: int,
     the particles are few); a narrow one that the curve falls off steeply.
     """
     best = float(f1[k])
-    # Laplace-smoothed, so that a perfect score on a few particles is not "certain".
-    smooth = (best * n_true + 1) / (n_true + 2)
-    se = float(np.sqrt(smooth * (1 - smooth) / n_true)) if n_true else 0.0
+    se = f1_standard_error(best, n_true)
     near = f1 >= best - se
     lo = hi = k
     while lo > 0 and near[lo - 1]:
@@ -178,6 +189,11 @@ def threshold_uncertainty(f1: np.ndarray, thresholds: np.ndarray, k: int,
 # F1 0.64 on the unlabelled training micrographs, 0.76 at the middle). On 54 stage models
 # validated on < 30 particles the middle gained 0.018 +- 0.048 F1 on the unlabelled training
 # micrographs (28 better, 20 worse); on 18 validated on 65 it lost 0.004 (bench/NOTES.md).
+# Not for a fresh self-training student: trained from random weights on hard pseudo-labels,
+# it scores particles near 1 and the rest low, the strip's labelled particles sit in that top
+# mode, and the argmax is its lower edge, where the middle of a range spanning 0.02-0.998 is
+# 0.5, deep among the background peaks. On 6 fresh students with one labelled micrograph the
+# argmax gained 0.023 F1 on the unlabelled training micrographs (4 better, 2 worse).
 FEW_VALIDATION_PARTICLES = 30
 
 
@@ -189,17 +205,20 @@ def middle_of_range(thresholds: np.ndarray, score_range) -> int:
 
 
 def choose_threshold(f1: np.ndarray, thresholds: np.ndarray, n_true: int,
-                     rule: str = "max F1") -> tuple[int, int, dict, str]:
+                     rule: str = "max F1", polarised: bool = False
+                     ) -> tuple[int, int, dict, str]:
     """Where on the validation curve to pick: ``(k, kt, uncertainty, rule)``.
 
     ``f1`` at each of ``thresholds`` (descending, non-empty), ``n_true`` labelled particles.
     ``k`` is the F1 maximum, ``uncertainty`` the :func:`threshold_uncertainty` around it,
     ``kt`` the index picked at: ``k``, or the middle of the uncertain range with fewer than
-    :data:`FEW_VALIDATION_PARTICLES` particles; ``rule`` says which, in words.
+    :data:`FEW_VALIDATION_PARTICLES` particles, unless the model is ``polarised`` (a fresh
+    self-training student: see :data:`FEW_VALIDATION_PARTICLES`); ``rule`` says which, in
+    words.
     """
     k = int(np.argmax(f1))
     uncertainty = threshold_uncertainty(f1, thresholds, k, n_true)
-    if n_true >= FEW_VALIDATION_PARTICLES:
+    if n_true >= FEW_VALIDATION_PARTICLES or polarised:
         return k, k, uncertainty, rule
     kt = middle_of_range(thresholds, uncertainty["range"])
     return k, kt, uncertainty, (f"middle of the thresholds within one standard error of the "
@@ -230,10 +249,11 @@ def _between(thresholds: np.ndarray, k: int) -> float:
 
 def validate(model: torch.nn.Module, micrographs, particle_diameter: float, radius_model: float,
              device: torch.device, split: str, min_distance: float = 0.5, amp: bool = False,
-             progress: bool = True, edge_margin: float = 0.0, tta: int = 1) -> ValidationResult:
+             progress: bool = True, edge_margin: float = 0.0, tta: int = 1,
+             polarised: bool = False) -> ValidationResult:
     """Metrics of ``model`` on labelled ``micrographs`` and the threshold it should pick with
     (picks closer than ``edge_margin`` original pixels to an edge are dropped first, as
-    ``selfpick pick`` will drop them)."""
+    ``selfpick pick`` will drop them; ``polarised``: see :func:`choose_threshold`)."""
     preds = predict_micrographs(model, micrographs, radius_model, device, min_distance, amp,
                                 desc=f"Validating ({split})", progress=progress,
                                 edge_margin=edge_margin, tta=tta)
@@ -249,7 +269,8 @@ def validate(model: torch.nn.Module, micrographs, particle_diameter: float, radi
     precision, recall, f1, thresholds = corrected_curve(curve, completeness)
     rule = "max F1" + (" (completeness-corrected)" if completeness < COMPLETE_LABELS else "")
     if len(thresholds):
-        k, kt, uncertainty, rule = choose_threshold(f1, thresholds, curve.n_true, rule)
+        k, kt, uncertainty, rule = choose_threshold(f1, thresholds, curve.n_true, rule,
+                                                    polarised)
         threshold = _between(thresholds, kt)
     else:
         threshold = 0.5
