@@ -193,7 +193,7 @@ def threshold_uncertainty(f1: np.ndarray, thresholds: np.ndarray, k: int,
 # it scores particles near 1 and the rest low, the strip's labelled particles sit in that top
 # mode, and the argmax is its lower edge, where the middle of a range spanning 0.02-0.998 is
 # 0.5, deep among the background peaks. On 6 fresh students with one labelled micrograph the
-# argmax gained 0.023 F1 on the unlabelled training micrographs (4 better, 2 worse).
+# argmax gained 0.022 F1 on the unlabelled training micrographs (4 better, 1 equal, 1 worse).
 FEW_VALIDATION_PARTICLES = 30
 
 
