@@ -61,6 +61,10 @@ def test_few_picks_on_one_micrograph_train_validate_on_a_strip_and_report(tiny_d
 
     # nothing in the strip ever becomes a (pseudo-)label
     assert len(result.stages) == 2
+    # the fresh student picks at its maximum, and says why
+    stage1 = result.stages[1]
+    assert stage1["training"]["student"] == "fresh"
+    assert "fresh self-training student" in stage1["validation"]["particle"]["threshold_rule"]
     pl = np.load(out / "iteration_1_selftrain" / "pseudo_labels" / f"{only}.npy")
     rows = np.arange(pl.shape[0]) * conf["downsample"]
     assert np.all(pl[(rows >= y0) & (rows < y1)] == IGNORE)

@@ -103,7 +103,8 @@ def test_few_validation_particles_pick_in_the_middle_of_the_uncertain_range():
     assert middle_of_range(thresholds, [thresholds[4], thresholds[4]]) == 4
     # a fresh student's polarised scores: the maximum, however few the particles
     k, kt, u, rule = choose_threshold(f1, thresholds, n_true=12, polarised=True)
-    assert k == kt == 0 and rule == "max F1" and u["range"] == [thresholds[6], thresholds[0]]
+    assert k == kt == 0 and u["range"] == [thresholds[6], thresholds[0]]
+    assert rule.startswith("max F1") and "fresh self-training student" in rule
 
 
 def test_f1_standard_error_is_binomial_and_never_zero_on_few_particles():

@@ -218,8 +218,11 @@ def choose_threshold(f1: np.ndarray, thresholds: np.ndarray, n_true: int,
     """
     k = int(np.argmax(f1))
     uncertainty = threshold_uncertainty(f1, thresholds, k, n_true)
-    if n_true >= FEW_VALIDATION_PARTICLES or polarised:
+    if n_true >= FEW_VALIDATION_PARTICLES:
         return k, k, uncertainty, rule
+    if polarised:
+        return k, k, uncertainty, (f"{rule}, however few the labelled particles (a fresh "
+                                   f"self-training student, whose scores crowd near 0 and 1)")
     kt = middle_of_range(thresholds, uncertainty["range"])
     return k, kt, uncertainty, (f"middle of the thresholds within one standard error of the "
                                 f"{rule} (fewer than {FEW_VALIDATION_PARTICLES} labelled "
