@@ -225,20 +225,17 @@ def _pseudo_labels(k: int, cfg: Config, ts: TrainingSet, model: torch.nn.Module,
                                 progress=progress, edge_margin=cfg.pick.edge_margin,
                                 tta=cfg.pick.tta)
     n_picks = sum(int(np.count_nonzero(p.scores >= val.threshold)) for p in preds)
-    n_est = None
-    if pu:
-        pm = val.metrics["particle"]
-        n_est = estimated_particles(n_picks, pm.get("corrected", pm)["precision"], pm["recall"])
-        if peaks and st.calibrate_thresholds:
-            lowered = score_for_half_the_particles([p.scores for p in preds], n_est, pos_score,
-                                                   val.threshold)
-            if lowered < pos_score:
-                log.info("iteration %d: pseudo-particles from score %.3f (not %.3f, which %.0f%% "
-                         "validation precision asks for on %d labelled particles): at least "
-                         "half of the ~%.0f particles estimated on the %d micrographs", k,
-                         lowered, pos_score, 100 * pos,
-                         int(val.metrics["particle"].get("n_true") or 0), n_est, len(pool))
-                pos_score = lowered
+    pm = val.metrics["particle"]
+    n_est = estimated_particles(n_picks, pm.get("corrected", pm)["precision"], pm["recall"])
+    if pu and peaks and st.calibrate_thresholds:
+        lowered = score_for_half_the_particles([p.scores for p in preds], n_est, pos_score,
+                                               val.threshold)
+        if lowered < pos_score:
+            log.info("iteration %d: pseudo-particles from score %.3f (not %.3f, which %.0f%% "
+                     "validation precision asks for on %d labelled particles): at least half "
+                     "of the ~%.0f particles estimated on the %d micrographs", k, lowered,
+                     pos_score, 100 * pos, int(pm.get("n_true") or 0), n_est, len(pool))
+            pos_score = lowered
     maps, n_new, n_labelled = [], 0, 0
     r = ts.radius_model
     for m, p in zip(pool, preds):
@@ -257,7 +254,6 @@ def _pseudo_labels(k: int, cfg: Config, ts: TrainingSet, model: torch.nn.Module,
     n, sp, sn, si = label_shares(maps)
     prior = None
     if pu:
-        pm = val.metrics["particle"]
         n_known = n_labelled + n_new
         # 0 (NEGATIVE) in these maps means unlabelled
         prior = unlabelled_share(sp * n, sn * n, n_known,
@@ -611,6 +607,8 @@ def _run_stages(cfg: Config, ts: TrainingSet, out: Path, device: torch.device,
     # what the supervised stage trains on, which a fresh self-training student must match
     supervised_crops = cfg.train.initial_epochs * _epoch_length(
         cfg, [m.image for m in train_mics], crop)
+    # self-training iterations train fresh networks rather than fine-tune (--student)
+    fresh_students = student_for(cfg, ts) == "fresh"
     prev_val: ValidationResult | None = None
     stages: list[dict] = []
     best_f1, since_best = -1.0, 0
@@ -645,7 +643,7 @@ def _run_stages(cfg: Config, ts: TrainingSet, out: Path, device: torch.device,
             if is_main:
                 if prev_val is None:  # resumed: re-measure the previous stage on validation
                     prev_val = _validate(cfg, model, ts, val_mics, val_split, device, progress,
-                                         k > 1 and student_for(cfg, ts) == "fresh")
+                                         k > 1 and fresh_students)
                 targets, pl_stats = _pseudo_labels(k, cfg, ts, model, device, prev_val,
                                                    stage_dir, progress)
                 log.info("%s: %s", name, pl_stats.describe())
@@ -659,7 +657,7 @@ def _run_stages(cfg: Config, ts: TrainingSet, out: Path, device: torch.device,
             log.info("%s: %d crops an epoch (covering the %d micrographs once would take %d; "
                      "--crops-per-epoch sets it)", name, length, len(images), cover)
         dataset = CropDataset(images, targets, crop, length, seed=cfg.train.seed * 1000 + k)
-        fresh = k > 0 and student_for(cfg, ts) == "fresh"
+        fresh = k > 0 and fresh_students
         epochs = (cfg.train.initial_epochs if k == 0 else
                   fresh_student_epochs(cfg, supervised_crops, length) if fresh else
                   cfg.train.retrain_epochs)
