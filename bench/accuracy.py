@@ -22,8 +22,9 @@ Usage:
   python bench/accuracy.py --datasets 10028 --regimes all
   python bench/accuracy.py --seeds 0 --regimes all --train-args "--initial-epochs 10"
 
-Writes bench/results/accuracy.json (one entry per data set; data sets not run keep their
-earlier entry) and prints a Markdown table per data set. Skips (exit 0) a data set that is
+Writes bench/results/accuracy.json (one entry per data set; data sets, regimes and seeds not
+run keep their earlier runs) and prints a Markdown table per data set; ``--update-docs`` also
+rewrites the README's accuracy table. Skips (exit 0) a data set that is
 absent.
 """
 
@@ -231,6 +232,7 @@ def markdown(table: dict) -> str:
 # one CPU, scored with selfpick evaluate the same way); not re-run by this script.
 REFERENCES = {
     "10017": [("Topaz 0.3.20 trained on the same labels", 0.847, None, 0.908),
+              ("Topaz 0.3.20 pretrained (resnet16_u64)", 0.729, None, 0.718),
               ("label ceiling: selfpick trained on all 15 micrographs, test ones included",
                0.899, 0.900, 0.936)],
     "10028": [("Topaz 0.3.20 trained on the same 6 micrographs", 0.863, 0.876, 0.877),
@@ -257,6 +259,68 @@ def load_results(path: Path) -> dict:
     if "datasets" in old:
         return old
     return {"benchmark": "accuracy", "datasets": {"10017": old}}
+
+
+def merge_runs(old: dict | None, runs: list[dict], header: dict) -> dict:
+    """A data set's entry with ``runs`` replacing the earlier runs of the same label regime
+    and seed; the others are kept (each run carries the date it was made, older ones the
+    date of the entry they came from), so re-running one regime does not drop another."""
+    new = {(r["regime"], r["seed"]) for r in runs}
+    kept = []
+    for r in (old or {}).get("runs", []):
+        if (r["regime"], r["seed"]) not in new:
+            kept.append({**r, "date": r.get("date", old.get("date"))})
+    entry = {**header, "runs": kept + runs}
+    entry["summary"] = summarise(entry["runs"])
+    return entry
+
+
+README = REPO / "README.md"
+README_START, README_END = "<!-- accuracy table: start -->", "<!-- accuracy table: end -->"
+# What a regime is called in the README.
+REGIME_LABEL = {"all": "all curated picks", "30pct": "30 % of them, every micrograph"}
+
+
+def readme_table(results: dict) -> str:
+    """The README's accuracy table: per real data set and label regime the chosen stage's F1
+    at its own threshold, best F1 and AP (mean ± sd over seeds), the training time, then the
+    other pickers measured on the same split (``REFERENCES``). Simulated presets are left to
+    docs/benchmarks.md."""
+    def ms(x):
+        return f"{x[0]:.3f} ± {x[1]:.3f}" if x[1] else f"{x[0]:.3f}"
+
+    def num(x):
+        return "–" if x is None else f"{x:.3f}"
+
+    lines = ["| data set (test micrographs) | labels / picker | F1 (own threshold) | best F1 "
+             "| AP | train s (mean) |", "|---|---|---|---|---|---|"]
+    for key, entry in results["datasets"].items():
+        if key not in DATASETS:
+            continue
+        name = DATASETS[key].title.split(" (")[0]
+        for regime in ("all", "30pct"):
+            row = entry["summary"].get(regime)
+            if row is None:
+                continue
+            dates = sorted({r.get("date", entry["date"])[:10] for r in entry["runs"]
+                            if r["regime"] == regime})
+            lines.append(
+                f"| {name} | selfpick, {REGIME_LABEL[regime]} ({row['n_seeds']} seeds, "
+                f"{', '.join(dates)}) | **{ms(row['best_f1'])}** | {ms(row['best_best_f1'])} | "
+                f"**{ms(row['best_average_precision'])}** | {row['train_seconds'][0]:.0f} |")
+        for label, f1, best, ap in REFERENCES.get(key, []):
+            lines.append(f"| {name} | {label} | {num(f1)} | {num(best)} | {num(ap)} | |")
+    return "\n".join(lines)
+
+
+def update_readme(path: Path, results: dict) -> None:
+    """Replace what lies between the accuracy markers of ``path`` with ``readme_table``."""
+    text = path.read_text()
+    if README_START not in text or README_END not in text:
+        raise SystemExit(f"{path} has no '{README_START}' ... '{README_END}' block to update")
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    path.write_text(f"{head}{README_START}\n{readme_table(results)}\n{README_END}{tail}")
 
 
 # The simulated "proteins" of selfpick.simulate.SIMULATED_PANEL (exact truth, so no label
@@ -316,6 +380,8 @@ def main() -> int:
     ap.add_argument("--train-args", default="", help="extra selfpick train flags (tuning only)")
     ap.add_argument("--work", default=None, help="working folder (default: a temporary one)")
     ap.add_argument("--output", default=str(RESULTS / "accuracy.json"))
+    ap.add_argument("--update-docs", action="store_true",
+                    help=f"also replace the table between the accuracy markers of {README}")
     args = ap.parse_args()
     work_root = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="selfpick_acc_"))
     train_args = shlex.split(args.train_args)
@@ -323,10 +389,12 @@ def main() -> int:
     results = load_results(out)
     for key, work, ds in datasets(args.datasets, work_root):
         t0 = time.perf_counter()
+        now = dt.datetime.now().isoformat(timespec="seconds")
         runs = []
         for regime in args.regimes:
             for seed in args.seeds:
                 r = one_run(work, regime, seed, train_args, ds)
+                r["date"] = now
                 runs.append(r)
                 b = r["best"]
                 print(f"{key} {regime} seed {seed}: best {r['best_stage']} F1 {b['f1']:.3f} "
@@ -334,23 +402,24 @@ def main() -> int:
                       f"{b['best_f1']:.3f} AP {b['average_precision']:.3f}; iteration 0 F1 "
                       f"{r['iteration_0']['f1']:.3f}; train {r['train_seconds']:.0f} s",
                       flush=True)
-        table = summarise(runs)
-        results["datasets"][key] = {
+        entry = merge_runs(results["datasets"].get(key), runs, {
             "benchmark": "accuracy", "dataset": ds.title,
-            "match_radius_px": ds.radius, "date": dt.datetime.now().isoformat(timespec="seconds"),
+            "match_radius_px": ds.radius, "date": now,
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                         "python": platform.python_version()},
-            "train_args": train_args, "total_seconds": round(time.perf_counter() - t0, 1),
-            "summary": table, "runs": runs,
-        }
+            "train_args": train_args, "total_seconds": round(time.perf_counter() - t0, 1)})
+        results["datasets"][key] = entry
         print(f"\n### {ds.title}\n")
-        print(markdown(table))
+        print(markdown(entry["summary"]))
         print()
         print(reference_rows(key))
-        print(f"{key}: {results['datasets'][key]['total_seconds']:.0f} s")
+        print(f"{key}: {entry['total_seconds']:.0f} s")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out}")
+    if args.update_docs:
+        update_readme(README, results)
+        print(f"updated the accuracy table in {README}")
     return 0
 
 

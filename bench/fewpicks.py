@@ -30,7 +30,9 @@ Usage:
   python bench/fewpicks.py --datasets 10028 --budgets B1 --seeds 0
 Writes bench/results/fewpicks.json (entries not re-run are kept) and the tables the README and
 docs/benchmarks.md quote, bench/results/fewpicks.md (with the self-training gain per draw and
-the Topaz reference of issue 16).
+the Topaz reference of issue 16); ``--update-docs`` rewrites those tables in docs/benchmarks.md
+and the summary table in the README (with each real data set's all-labels row from
+bench/results/accuracy.json).
 """
 
 from __future__ import annotations
@@ -214,6 +216,67 @@ def update_docs(path: Path, results: dict) -> None:
     path.write_text(f"{head}{START}\n{body.strip()}\n{END}{tail}")
 
 
+README = DOCS.parents[1] / "README.md"
+README_START, README_END = "<!-- fewpicks table: start -->", "<!-- fewpicks table: end -->"
+# What a budget is, for the README (picks per micrograph as drawn for 10017 / the others).
+BUDGET_LABEL = {"B1": "B1: {n} picks on 3 micrographs", "B2": "B2: {n} picks on 1 micrograph",
+                "B3": "B3: 10 % of every micrograph ({n} picks)", "all": "every particle ({n})",
+                "B1-all": "B1's 3 micrographs, every particle ({n})",
+                "B2-all": "B2's micrograph, every particle ({n})"}
+
+
+def readme_table(results: dict, accuracy_results: dict | None = None) -> str:
+    """The README's few-picks table: per data set and budget the chosen stage (F1 at its own
+    threshold, best F1, AP), what self-training added to iteration 0's best F1 and AP, and
+    the training time; mean ± sd over draws. With ``accuracy_results`` (bench/accuracy.py's
+    file) each real data set also gets its all-labels row, the ceiling of these budgets."""
+    def ms(x):
+        return f"{x[0]:.3f} ± {x[1]:.3f}" if x[1] else f"{x[0]:.3f}"
+
+    def gain(x):
+        return f"{x[0]:+.3f} ± {x[1]:.3f}" if x[1] else f"{x[0]:+.3f}"
+
+    lines = ["| data set | labels (unlabelled: the other training micrographs) | draws | "
+             "F1 (own threshold) | best F1 | AP | self-training gain, best F1 / AP | "
+             "train s (mean) |", "|---|---|---|---|---|---|---|---|"]
+    for key, entry in results["datasets"].items():
+        name = entry["dataset"].split(" (")[0]
+        for budget in BUDGETS:
+            row = entry["summary"].get(budget)
+            if row is None:
+                continue
+            g = (f"{gain(row['gain_best_f1'])} / {gain(row['gain_average_precision'])}"
+                 if row.get("self_trained", 1) else "not self-trained (labels complete)")
+            label = BUDGET_LABEL[budget].format(n=f"{row['picks']:.0f}")
+            lines.append(
+                f"| {name} | {label} | "
+                f"{row['n_seeds']} | **{ms(row['chosen_f1'])}** | {ms(row['chosen_best_f1'])} "
+                f"| {ms(row['chosen_average_precision'])} | {g} | "
+                f"{row['train_seconds'][0]:.0f} |")
+        acc = (accuracy_results or {}).get("datasets", {}).get(key, {}).get("summary", {})
+        if "all" in acc:
+            row = acc["all"]
+            lines.append(
+                f"| {name} | every curated particle (`bench/accuracy.py`) | {row['n_seeds']} | "
+                f"{ms(row['best_f1'])} | {ms(row['best_best_f1'])} | "
+                f"{ms(row['best_average_precision'])} | | {row['train_seconds'][0]:.0f} |")
+        for budget, label, f1, best, ap in REFERENCES.get(key, []):
+            lines.append(f"| {name} | {budget}, {label} | 1 | {f1:.3f} | {best:.3f} | "
+                         f"{ap:.3f} | | |")
+    return "\n".join(lines)
+
+
+def update_readme(path: Path, results: dict, accuracy_results: dict | None = None) -> None:
+    """Replace what lies between the few-picks markers of ``path`` with ``readme_table``."""
+    text = path.read_text()
+    if README_START not in text or README_END not in text:
+        raise SystemExit(f"{path} has no '{README_START}' ... '{README_END}' block to update")
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    table = readme_table(results, accuracy_results)
+    path.write_text(f"{head}{README_START}\n{table}\n{README_END}{tail}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--datasets", nargs="+", default=[*DATASETS, "sim-globular"],
@@ -227,7 +290,8 @@ def main() -> int:
     ap.add_argument("--work", default=None, help="working folder (default: a temporary one)")
     ap.add_argument("--output", default=str(RESULTS / "fewpicks.json"))
     ap.add_argument("--update-docs", action="store_true",
-                    help=f"also replace the tables between the fewpicks markers of {DOCS}")
+                    help=f"also replace the tables between the fewpicks markers of {DOCS} "
+                         f"and the summary table of {README}")
     args = ap.parse_args()
     root = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="selfpick_few_"))
     train_args = shlex.split(args.train_args)
@@ -269,7 +333,9 @@ def main() -> int:
     print(f"wrote {out} and {md}")
     if args.update_docs:
         update_docs(DOCS, results)
-        print(f"updated the few-picks tables in {DOCS}")
+        acc = RESULTS / "accuracy.json"
+        update_readme(README, results, accuracy.load_results(acc) if acc.is_file() else None)
+        print(f"updated the few-picks tables in {DOCS} and {README}")
     return 0
 
 

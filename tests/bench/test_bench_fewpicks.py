@@ -95,3 +95,33 @@ def test_update_docs_replaces_only_the_marked_block(tmp_path):
     doc.write_text("no markers")
     with pytest.raises(SystemExit):
         fewpicks.update_docs(doc, {"datasets": {"10017": entry}})
+
+
+def test_readme_table_has_each_budget_the_gain_and_the_all_labels_row(tmp_path):
+    runs = [_run(0, (0.80, 0.81, 0.80), (0.84, 0.85, 0.83)),
+            _run(1, (0.76, 0.77, 0.75), (0.78, 0.80, 0.79)),
+            _run(0, (0.70, 0.72, 0.70), (0.75, 0.78, 0.74), budget="B2")]
+    entry = {"dataset": "EMPIAR-10017 test (JPEGs)", "runs": runs,
+             "summary": fewpicks.summarise(runs)}
+    acc = {"datasets": {"10017": {"summary": {"all": {
+        "n_seeds": 3, "best_f1": [0.889, 0.002], "best_best_f1": [0.890, 0.001],
+        "best_average_precision": [0.921, 0.001], "train_seconds": [473.0, 490.0]}}}}}
+    table = fewpicks.readme_table({"datasets": {"10017": entry}}, acc)
+    lines = table.splitlines()
+    b1 = next(x for x in lines if "B1: 195 picks on 3 micrographs" in x)
+    assert "| EMPIAR-10017 test | " in b1 and "| 2 | **0.810 ± 0.042** |" in b1
+    assert "+0.035 ± 0.007 / +0.035 ± 0.007" in b1
+    assert any("B2: 195 picks on 1 micrograph" in x and "+0.060 / +0.040" in x for x in lines)
+    assert any("every curated particle" in x and "0.889 ± 0.002" in x for x in lines)
+    assert any("Topaz 0.3.20" in x for x in lines)
+    # Without accuracy results there is no all-labels row; the README block is replaced.
+    assert "every curated particle" not in fewpicks.readme_table({"datasets": {"10017": entry}})
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{fewpicks.README_START}\nSTALE TABLE\n{fewpicks.README_END}\nrest\n")
+    fewpicks.update_readme(readme, {"datasets": {"10017": entry}}, acc)
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith(f"{fewpicks.README_END}\nrest\n")
+    assert "STALE TABLE" not in text and "B1: 195 picks" in text
+    readme.write_text("no markers")
+    with pytest.raises(SystemExit):
+        fewpicks.update_readme(readme, {"datasets": {"10017": entry}})
