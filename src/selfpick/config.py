@@ -216,9 +216,10 @@ class SelfTrainConfig:
                        "new network from random weights on the pseudo-labels of every "
                        "micrograph for --student-epochs at the full learning rate (a student "
                        "that does not inherit its teacher's mistakes, at the cost of a second "
-                       "training); 'auto' (default): 'fresh' when the picks are on so few "
-                       "micrographs (1-3) that validation is on strips, whose teacher has "
-                       "seen only those micrographs' particles, 'finetune' otherwise",
+                       "training); 'auto' (default): 'fresh' when validation is on strips "
+                       "(picks on 1-3 micrographs, whose teacher has seen only those "
+                       "micrographs' particles, or too sparse on more to spare a whole one), "
+                       "'finetune' otherwise",
                        choices=("auto", "finetune", "fresh"))
     student_epochs: int = opt(40, "epochs of a fresh student (--student), on the pseudo-labels "
                               "of every micrograph, but never fewer crops than the supervised "

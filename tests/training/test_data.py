@@ -311,7 +311,7 @@ def test_whole_micrographs_validate_from_three_labelled_micrographs(tiny_data, t
     assert len(ts.subset("val")) == 1 and len(ts.subset("train")) == 2
 
 
-def test_strips_for_one_or_two_micrographs_and_for_three_with_enough_picks():
+def test_strips_for_one_or_two_micrographs_for_three_with_enough_picks_and_sparse_picks():
     from selfpick.training.data import STRIP_VALIDATION_PARTICLES, validate_on_strips
     from selfpick.training.validate import FEW_VALIDATION_PARTICLES
 
@@ -322,6 +322,12 @@ def test_strips_for_one_or_two_micrographs_and_for_three_with_enough_picks():
     assert not validate_on_strips([25, 25, 25], 0.1)  # ~19: a whole micrograph holds 25
     assert not validate_on_strips([65] * 4, 0.1)  # four or more: whole micrographs
     assert not validate_on_strips([50], 0.0) and not validate_on_strips([], 0.1)
+    # More micrographs, sparse picks on each: strips when a whole held-out micrograph would
+    # carry fewer than 30 picks and the strips more (EMPIAR-10028, 10 % of every micrograph).
+    assert validate_on_strips([9, 8, 9, 8, 9, 8], 0.1)  # 1 micrograph of ~9 vs ~13 in strips
+    assert not validate_on_strips([65] * 10, 0.1)  # 65 on the held-out micrograph: enough
+    assert not validate_on_strips([650] * 10, 0.1)  # complete labels keep whole micrographs
+    assert not validate_on_strips([5, 5, 5, 5], 0.1)  # strips (5) no more than a whole one
 
 
 def test_a_resumed_experiment_keeps_its_kind_of_validation(tiny_data, tmp_path):

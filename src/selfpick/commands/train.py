@@ -18,8 +18,9 @@ Examples:
 
 With a few picks (say 100-300 particles on 1-5 micrographs; give every other micrograph too,
 without coordinates, or with --unlabeled-dir: they are used through pseudo-labels):
-  - validation: with 4 or more labelled micrographs, whole ones are held out (--val-fraction);
-    with 1 or 2 (or 3 whose picks number 120 or more), a strip of a quarter of each
+  - validation: with 4 or more labelled micrographs, whole ones are held out (--val-fraction)
+    unless the held-out ones would carry fewer than 30 picks (sparse picks everywhere);
+    then, and with 1 or 2 (or 3 whose picks number 120 or more), a strip of a quarter of each
     micrograph's rows is held out instead, never trained on or pseudo-labelled (config.json:
     split.val_regions), and self-training then trains a fresh network on the pseudo-labels
     rather than fine-tuning the supervised one (--student);

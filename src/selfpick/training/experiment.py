@@ -774,9 +774,10 @@ def student_for(cfg: Config, ts: TrainingSet) -> str:
     """``'fresh'`` or ``'finetune'``: how self-training iterations start (``--student``).
 
     'auto' trains a fresh student when validation is on strips, i.e. the picks are on one to
-    three micrographs (:func:`~selfpick.training.data.validate_on_strips`): a teacher
-    trained on one micrograph has learned that micrograph's particles, and a student
-    fine-tuned from it stays close to it.
+    three micrographs, or too sparse on more to spare a whole one
+    (:func:`~selfpick.training.data.validate_on_strips`): a teacher trained on one
+    micrograph, or on a handful of picks per micrograph, has learned little beyond them, and
+    a student fine-tuned from it stays close to it.
     On 6 draws with one labelled micrograph (EMPIAR-10017 and -10028) a fresh student ranked
     better on the unlabelled training micrographs in all 6 (AP +0.003 to +0.066) and picked
     better in 5; with three labelled micrographs validated on a whole one it did not (AP
