@@ -330,6 +330,21 @@ def test_strips_for_one_or_two_micrographs_for_three_with_enough_picks_and_spars
     assert not validate_on_strips([5, 5, 5, 5], 0.1)  # strips (5) no more than a whole one
 
 
+def test_sparse_picks_on_many_micrographs_validate_on_strips(tmp_path, caplog):
+    from conftest import tiny_simulation
+
+    data = tiny_simulation(tmp_path / "sim", n=6).output_dir
+    coords = json.loads((data / "labels" / "coordinates.json").read_text())
+    cfile = tmp_path / "coords.json"
+    cfile.write_text(json.dumps({k: v[:3] for k, v in coords.items()}))  # 3 picks on each
+    cfg = tiny_config(data, tmp_path / "exp", coords_file=str(cfile), val_fraction=0.1)
+    with caplog.at_level("INFO", logger="selfpick"):
+        ts = load_training_set(cfg, cache_dir=None, progress=False)
+    assert len(ts.subset("val")) == 6 and ts.validates_on_strips
+    assert "6 labelled micrographs, so sparsely picked" in caplog.text
+    assert "pick more particles per micrograph to validate on whole ones" in caplog.text
+
+
 def test_a_resumed_experiment_keeps_its_kind_of_validation(tiny_data, tmp_path):
     from selfpick.training.experiment import _saved_strips
 

@@ -351,16 +351,17 @@ def load_training_set(cfg: Config, cache_dir: Path | None = None,
              len(val_names), n_unl)
     if strips:
         val = ts.subset("val")
-        why = (f"only {len(val)} labelled micrograph(s)" if len(val) <= REGION_VALIDATION_BELOW
-               else f"{len(val)} labelled micrographs with so few picks that a whole one held "
-                    f"out would carry fewer than {STRIP_VALIDATION_PARTICLES}")
+        if len(val) <= REGION_VALIDATION_BELOW:
+            why = f"only {len(val)} labelled micrograph(s)"
+            instead = f"label {REGION_VALIDATION_BELOW + 1} or more micrographs"
+        else:
+            why = (f"{len(val)} labelled micrographs, so sparsely picked that the whole ones "
+                   f"held out would carry fewer than {STRIP_VALIDATION_PARTICLES} picks")
+            instead = "pick more particles per micrograph"
         log.info("%s: validating on a held-out strip of each (%s; %d labelled particles), "
-                 "never trained on or pseudo-labelled; %s", why,
+                 "never trained on or pseudo-labelled; %s to validate on whole ones", why,
                  ", ".join(f"{m.name} rows {m.region[0]:.0f}-{m.region[1]:.0f}" for m in val),
-                 sum(len(m.truth) for m in val),
-                 f"label {REGION_VALIDATION_BELOW + 1} or more micrographs to validate on "
-                 "whole ones" if len(val) <= REGION_VALIDATION_BELOW else
-                 "more picks per micrograph validate on whole ones")
+                 sum(len(m.truth) for m in val), instead)
     return ts
 
 
