@@ -313,14 +313,20 @@ def readme_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def replace_marked_block(path: Path, start: str, end: str, body: str) -> None:
+    """Replace what lies between the marker lines ``start`` and ``end`` of ``path`` with
+    ``body`` (everything else in the file is left as it is)."""
+    text = path.read_text()
+    if start not in text or end not in text:
+        raise SystemExit(f"{path} has no '{start}' ... '{end}' block to update")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(f"{head}{start}\n{body.strip()}\n{end}{tail}")
+
+
 def update_readme(path: Path, results: dict) -> None:
     """Replace what lies between the accuracy markers of ``path`` with ``readme_table``."""
-    text = path.read_text()
-    if README_START not in text or README_END not in text:
-        raise SystemExit(f"{path} has no '{README_START}' ... '{README_END}' block to update")
-    head, rest = text.split(README_START, 1)
-    _, tail = rest.split(README_END, 1)
-    path.write_text(f"{head}{README_START}\n{readme_table(results)}\n{README_END}{tail}")
+    replace_marked_block(path, README_START, README_END, readme_table(results))
 
 
 # The simulated "proteins" of selfpick.simulate.SIMULATED_PANEL (exact truth, so no label

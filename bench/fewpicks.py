@@ -207,13 +207,8 @@ START, END = "<!-- fewpicks tables: start -->", "<!-- fewpicks tables: end -->"
 def update_docs(path: Path, results: dict) -> None:
     """Replace what lies between the two marker comments of ``path`` with every data set's
     tables (everything else in the file is left as it is)."""
-    text = path.read_text()
-    if START not in text or END not in text:
-        raise SystemExit(f"{path} has no '{START}' ... '{END}' block to update")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
     body = markdown_file(results).split("\n", 1)[1].replace("\n## ", "\n#### ")
-    path.write_text(f"{head}{START}\n{body.strip()}\n{END}{tail}")
+    accuracy.replace_marked_block(path, START, END, body)
 
 
 README = DOCS.parents[1] / "README.md"
@@ -269,13 +264,8 @@ def readme_table(results: dict, accuracy_results: dict | None = None) -> str:
 
 def update_readme(path: Path, results: dict, accuracy_results: dict | None = None) -> None:
     """Replace what lies between the few-picks markers of ``path`` with ``readme_table``."""
-    text = path.read_text()
-    if README_START not in text or README_END not in text:
-        raise SystemExit(f"{path} has no '{README_START}' ... '{README_END}' block to update")
-    head, rest = text.split(README_START, 1)
-    _, tail = rest.split(README_END, 1)
-    table = readme_table(results, accuracy_results)
-    path.write_text(f"{head}{README_START}\n{table}\n{README_END}{tail}")
+    accuracy.replace_marked_block(path, README_START, README_END,
+                                  readme_table(results, accuracy_results))
 
 
 def main() -> int:

@@ -185,8 +185,7 @@ def validate_on_strips(picks_per_micrograph: list[int], val_fraction: float) -> 
     if n == REGION_VALIDATION_BELOW:
         return in_strips >= STRIP_VALIDATION_PARTICLES
     # The micrographs split_micrographs holds out, at the mean number of picks.
-    n_val = min(n - 1, max(1, int(round(val_fraction * n))))
-    whole = n_val * sum(picks_per_micrograph) / n
+    whole = n_validation_micrographs(n, val_fraction) * sum(picks_per_micrograph) / n
     return whole < STRIP_VALIDATION_PARTICLES and in_strips > whole
 
 
@@ -211,6 +210,14 @@ def hold_out_strip(index: int, shape: tuple[int, int], diameter: float, seed: in
     return y0, y0 + h
 
 
+def n_validation_micrographs(n: int, val_fraction: float) -> int:
+    """How many of ``n`` labelled micrographs :func:`split_micrographs` holds out: a
+    ``val_fraction`` of them, at least one and never all; none with fewer than two."""
+    if n < 2 or val_fraction <= 0:
+        return 0
+    return min(n - 1, max(1, int(round(val_fraction * n))))
+
+
 def split_micrographs(names: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
     """Seeded split by micrograph. Returns ``(train, val)`` name lists, each sorted.
 
@@ -219,9 +226,9 @@ def split_micrographs(names: list[str], val_fraction: float, seed: int) -> tuple
     """
     names = sorted(names)
     n = len(names)
-    if n < 2 or val_fraction <= 0:
+    n_val = n_validation_micrographs(n, val_fraction)
+    if n_val == 0:
         return names, []
-    n_val = min(n - 1, max(1, int(round(val_fraction * n))))
     rng = np.random.default_rng(seed)
     val = set(rng.choice(n, size=n_val, replace=False).tolist())
     return ([x for i, x in enumerate(names) if i not in val],
