@@ -666,8 +666,8 @@ def _run_stages(cfg: Config, ts: TrainingSet, out: Path, device: torch.device,
                 log.info("%s: a fresh student (random weights, %d epochs at the full learning "
                          "rate) learns the pseudo-labels%s", name, epochs,
                          "" if cfg.selftrain.student == "fresh" else
-                         " (--student auto: the picks are on so few micrographs that "
-                         "validation is on strips)")
+                         " (--student auto: validation is on strips, the picks being on "
+                         "one to three micrographs or sparse on every one)")
             # (an interrupted stage's checkpoint then replaces these weights in train_stage)
             _reinitialise(model, cfg, k)
         stage_loss = loss_fn
