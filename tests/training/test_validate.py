@@ -115,3 +115,51 @@ def test_f1_standard_error_is_binomial_and_never_zero_on_few_particles():
     # many particles: the plain binomial error, sqrt(0.9 * 0.1 / 10000) = 0.003
     assert f1_standard_error(0.9, 10_000) == pytest.approx(0.003, abs=0.0002)
     assert f1_standard_error(1.0, 11) > f1_standard_error(1.0, 100) > 0
+
+
+def test_completeness_standard_error_matches_the_spread_of_the_estimate():
+    """45 labelled particles of ~430 (a simulated draw's strips): the reported binomial error
+    is the spread the estimate really has over draws of which particles were picked."""
+    from selfpick.evaluation.metrics import ParticleCurve
+    from selfpick.training.validate import completeness_standard_error, estimate_completeness
+
+    rng = np.random.default_rng(1)
+    est, se = [], []
+    for _ in range(300):
+        labelled = rng.random(430) < 0.105
+        is_tp = np.r_[labelled, np.zeros(300, bool)]
+        curve = ParticleCurve(np.linspace(1, 0, len(is_tp)), is_tp, int(labelled.sum()))
+        c = estimate_completeness(curve)
+        est.append(c)
+        se.append(completeness_standard_error(curve, c))
+    assert 0.67 < np.mean(se) / np.std(est) < 1.5
+    assert completeness_standard_error(ParticleCurve(np.zeros(0), np.zeros(0, bool), 5), 1.0) == 0
+
+
+def test_completeness_sensitivity_brackets_the_threshold_and_rises_with_completeness():
+    """Higher completeness -> lower corrected precision -> a higher threshold; the chosen
+    threshold lies within the reported span, which is only reported."""
+    from selfpick.evaluation.metrics import ParticleCurve
+    from selfpick.training.validate import (choose_threshold, completeness_sensitivity,
+                                            corrected_curve, estimate_completeness, _between)
+
+    rng = np.random.default_rng(2)
+    # a polarised student: 430 particles crowd near 1, 300 background peaks low; 10 % of the
+    # particles labelled, by chance more of them among the highest-scored (as in the
+    # simulated draw whose completeness read 0.14 for 0.105)
+    labelled = np.r_[rng.random(200) < 0.14, rng.random(230) < 0.07]
+    scores = np.r_[np.sort(1 - rng.random(430) * 0.01)[::-1], np.sort(rng.random(300) * 0.3)[::-1]]
+    curve = ParticleCurve(scores, np.r_[labelled, np.zeros(300, bool)], int(labelled.sum()))
+    c = estimate_completeness(curve)
+    _, _, f1, thresholds = corrected_curve(curve, c)
+    chosen = _between(thresholds, choose_threshold(f1, thresholds, curve.n_true,
+                                                   polarised=True)[1])
+    s = completeness_sensitivity(curve, c, thresholds, polarised=True)
+    low, high = s["thresholds"]
+    assert low <= chosen <= high
+    assert c > 1.3 * labelled.mean() and low < chosen  # read high: a lower c picks lower
+    assert s["estimate"] == round(c, 4) and 0 < s["standard_error"] < c
+    # a completeness read too high (the simulated draw: 0.14 for 0.105) moves the threshold up
+    f1_high = corrected_curve(curve, 1.4 * c)[2]
+    assert _between(thresholds, choose_threshold(f1_high, thresholds, curve.n_true,
+                                                 polarised=True)[1]) >= chosen

@@ -725,10 +725,13 @@ def _run_stages(cfg: Config, ts: TrainingSet, out: Path, device: torch.device,
                      _fmt(val.metrics["pixel"].get("roc_auc")))
             u = p.get("threshold_uncertainty")
             if u:
+                c = u.get("completeness")
                 log.info("%s: thresholds %.3f-%.3f score within one standard error (%.3f) of "
                          "the best validation F1 on %d labelled particles; label completeness "
-                         "%.2f", name, u["range"][0], u["range"][1], u["f1_standard_error"],
-                         u["n_labelled"], val.completeness)
+                         "%.2f%s", name, u["range"][0], u["range"][1], u["f1_standard_error"],
+                         u["n_labelled"], val.completeness,
+                         f" +- {c['standard_error']:.2f}, across which the threshold would be "
+                         f"{c['thresholds'][0]:.3f}-{c['thresholds'][1]:.3f}" if c else "")
             fig_mic = pool[0]
             fig_prob = predict_micrographs(model, [fig_mic], ts.radius_model, device,
                                            progress=False, tta=cfg.pick.tta)[0].prob

@@ -103,6 +103,21 @@ def estimate_completeness(curve: ParticleCurve, rounds: int = 8) -> float:
     return c
 
 
+def completeness_standard_error(curve: ParticleCurve, completeness: float) -> float:
+    """Binomial standard error of :func:`estimate_completeness`'s ``completeness``.
+
+    The estimate is the share of labelled picks among the top ``k`` picks, ``k`` half the
+    real particles it implies (``n_true / (2 c)``), so its error is ``sqrt(c (1 - c) / k)``:
+    about a quarter of ``c`` with 45 labelled validation particles. 0 without labels.
+    """
+    if curve.n_true == 0 or len(curve.scores) == 0:
+        return 0.0
+    c = float(np.clip(completeness, 0.01, 1.0))
+    half = max(1, curve.n_true // 2)
+    k = int(min(len(curve.scores), max(half, round(half / c))))
+    return float(np.sqrt(c * (1 - c) / k))
+
+
 def corrected_curve(curve: ParticleCurve, completeness: float):
     """``(precision, recall, f1, thresholds)`` with precision corrected for incomplete labels."""
     precision, recall, thresholds = curve.pr_curve()
@@ -229,6 +244,29 @@ def choose_threshold(f1: np.ndarray, thresholds: np.ndarray, n_true: int,
                                 f"particles)")
 
 
+def completeness_sensitivity(curve: ParticleCurve, completeness: float,
+                             thresholds: np.ndarray, rule: str = "max F1",
+                             polarised: bool = False) -> dict:
+    """Where the threshold would land with the completeness one standard error either side.
+
+    The corrected precision is ``P / c``; a ``c`` read too high makes it too low and moves
+    the threshold up (a simulated draw: ``c`` 0.14 on strips that held 0.105, recall 0.68 at
+    the threshold chosen; ``bench/NOTES.md``). Reported, not used: the same
+    :func:`choose_threshold` rule at ``c - se`` and ``c + se`` gives ``thresholds``
+    ``[low, high]`` (scores; ``thresholds`` descending, as :func:`corrected_curve` gives them).
+    """
+    se = completeness_standard_error(curve, completeness)
+    at = []
+    for c in (max(0.01, completeness - se), min(1.0, completeness + se)):
+        f1 = corrected_curve(curve, c)[2]
+        at.append(_between(thresholds, choose_threshold(f1, thresholds, curve.n_true, rule,
+                                                        polarised)[1]))
+    return {"estimate": round(float(completeness), 4), "standard_error": round(se, 4),
+            "thresholds": [float(min(at)), float(max(at))],
+            "note": "the threshold this rule chooses with the label completeness one binomial "
+                    "standard error lower and higher (reported only)"}
+
+
 def threshold_curve(f1: np.ndarray, precision: np.ndarray, recall: np.ndarray,
                     thresholds: np.ndarray, k: int, points: int = 200) -> dict:
     """The validation F1/precision/recall against threshold, thinned to about ``points``
@@ -282,6 +320,9 @@ def validate(model: torch.nn.Module, micrographs, particle_diameter: float, radi
                     label_completeness=completeness,
                     min_distance_px=min_distance * particle_diameter)
     if len(thresholds):
+        if completeness < COMPLETE_LABELS:
+            uncertainty["completeness"] = completeness_sensitivity(
+                curve, completeness, thresholds, rule, polarised)
         particle["threshold_uncertainty"] = uncertainty
         particle["threshold_curve"] = threshold_curve(f1, precision, recall, thresholds, kt)
         if kt != k:
