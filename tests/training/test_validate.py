@@ -163,3 +163,27 @@ def test_completeness_sensitivity_brackets_the_threshold_and_rises_with_complete
     f1_high = corrected_curve(curve, 1.4 * c)[2]
     assert _between(thresholds, choose_threshold(f1_high, thresholds, curve.n_true,
                                                  polarised=True)[1]) >= chosen
+
+
+def test_threshold_averaged_over_the_completeness_error_is_not_pushed_into_the_particles():
+    """A completeness read high (more labelled particles than average at the top of the
+    ranking, by chance) puts the point estimate's F1 maximum among the particles; averaged
+    over the estimate's error the maximum falls below them. With the completeness exact,
+    both agree."""
+    from selfpick.evaluation.metrics import ParticleCurve
+    from selfpick.training.validate import (completeness_standard_error, corrected_curve,
+                                            estimate_completeness, expected_corrected_f1)
+
+    rng = np.random.default_rng(2)
+    labelled = np.r_[rng.random(200) < 0.14, rng.random(230) < 0.05]
+    scores = np.r_[np.linspace(1.0, 0.9, 430), np.linspace(0.3, 0.0, 300)]
+    curve = ParticleCurve(scores, np.r_[labelled, np.zeros(300, bool)], int(labelled.sum()))
+    c = estimate_completeness(curve)
+    se = completeness_standard_error(curve, c)
+    point = corrected_curve(curve, c)[2]
+    averaged = expected_corrected_f1(curve, c, se)
+    assert averaged.shape == point.shape and np.all(averaged <= 1)
+    assert c > 1.3 * labelled.mean()
+    assert np.argmax(point) < 200 < np.argmax(averaged) < 430  # lower, still above background
+    np.testing.assert_array_equal(expected_corrected_f1(curve, c, 0.0), point)
+
