@@ -26,7 +26,9 @@ without coordinates, or with --unlabeled-dir: they are used through pseudo-label
     rather than fine-tuning the supervised one (--student);
   - the share of particles you picked (label completeness) is estimated on validation from
     the picks the model is surest of; below 0.8 the threshold is chosen on precision
-    corrected for it and self-training runs (with fewer than 30 labelled validation
+    corrected for it, the F1 averaged over that estimate's binomial error (a share read
+    too high would put the threshold among the particles), and self-training runs (with
+    fewer than 30 labelled validation
     particles, in the middle of the thresholds whose F1 is within one standard error of
     the best, not at a random end of a flat curve, except for a fresh student, whose
     scores crowd near 0 and 1); below 0.5 the supervised stage also

@@ -10,7 +10,8 @@ real but unlabelled particles count as false positives, so precision is underest
 the F1-optimal threshold is biased. The label completeness ``c`` is estimated as the fraction
 of the most confident picks that match a label (those picks are almost all real particles),
 and, when ``c`` is clearly below 1, thresholds are chosen on the completeness-corrected
-precision ``min(1, P / c)``. Both the raw and the corrected figures are reported.
+precision ``min(1, P / c)``, the F1 averaged over the binomial error of ``c``
+(:func:`expected_corrected_f1`). Both the raw and the corrected figures are reported.
 """
 
 from __future__ import annotations
