@@ -248,7 +248,9 @@ def choose_threshold(f1: np.ndarray, thresholds: np.ndarray, n_true: int,
                      ) -> tuple[int, int, dict, str]:
     """Where on the validation curve to pick: ``(k, kt, uncertainty, rule)``.
 
-    ``f1`` at each of ``thresholds`` (descending, non-empty), ``n_true`` labelled particles.
+    ``f1`` at each of ``thresholds`` (descending, non-empty; with partial labels the
+    corrected F1 averaged over the completeness's error, :func:`expected_corrected_f1`),
+    ``n_true`` labelled particles.
     ``k`` is the F1 maximum, ``uncertainty`` the :func:`threshold_uncertainty` around it,
     ``kt`` the index picked at: ``k``, or the middle of the uncertain range with fewer than
     :data:`FEW_VALIDATION_PARTICLES` particles, unless the model is ``polarised`` (a fresh
@@ -275,9 +277,10 @@ def completeness_sensitivity(curve: ParticleCurve, completeness: float,
 
     The corrected precision is ``P / c``; a ``c`` read too high makes it too low and moves
     the threshold up (a simulated draw: ``c`` 0.14 on strips that held 0.105, recall 0.68 at
-    the threshold chosen; ``bench/NOTES.md``). Reported, not used: the same
-    :func:`choose_threshold` rule at ``c - se`` and ``c + se`` gives ``thresholds``
-    ``[low, high]`` (scores; ``thresholds`` descending, as :func:`corrected_curve` gives them).
+    the threshold chosen; ``bench/NOTES.md``). For the user, not used by the choice (which
+    averages over the error, :func:`expected_corrected_f1`): the same :func:`choose_threshold`
+    rule on the point curves at ``c - se`` and ``c + se`` gives ``thresholds`` ``[low, high]``
+    (scores; ``thresholds`` descending, as :func:`corrected_curve` gives them).
     """
     se = completeness_standard_error(curve, completeness)
     at = []
