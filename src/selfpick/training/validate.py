@@ -96,7 +96,7 @@ def estimate_completeness(curve: ParticleCurve, rounds: int = 8) -> float:
     k = min(half, len(curve.scores))
     c = float(np.clip(curve.is_tp[:k].mean(), 0.01, 1.0))
     for _ in range(rounds):
-        k_next = int(min(len(curve.scores), max(half, round(half / c))))
+        k_next = _completeness_picks(curve, c)
         if k_next == k:
             break
         k = k_next
@@ -114,9 +114,14 @@ def completeness_standard_error(curve: ParticleCurve, completeness: float) -> fl
     if curve.n_true == 0 or len(curve.scores) == 0:
         return 0.0
     c = float(np.clip(completeness, 0.01, 1.0))
+    return float(np.sqrt(c * (1 - c) / _completeness_picks(curve, c)))
+
+
+def _completeness_picks(curve: ParticleCurve, c: float) -> int:
+    """How many of the top picks a completeness ``c`` is read from: half the real particles
+    it implies, ``n_true / (2 c)``, at least ``n_true / 2``, at most every pick."""
     half = max(1, curve.n_true // 2)
-    k = int(min(len(curve.scores), max(half, round(half / c))))
-    return float(np.sqrt(c * (1 - c) / k))
+    return int(min(len(curve.scores), max(half, round(half / c))))
 
 
 def corrected_curve(curve: ParticleCurve, completeness: float):
@@ -272,7 +277,7 @@ def choose_threshold(f1: np.ndarray, thresholds: np.ndarray, n_true: int,
 
 def completeness_sensitivity(curve: ParticleCurve, completeness: float,
                              thresholds: np.ndarray, rule: str = "max F1",
-                             polarised: bool = False) -> dict:
+                             polarised: bool = False, se: float | None = None) -> dict:
     """Where the threshold would land with the completeness one standard error either side.
 
     The corrected precision is ``P / c``; a ``c`` read too high makes it too low and moves
@@ -282,7 +287,8 @@ def completeness_sensitivity(curve: ParticleCurve, completeness: float,
     rule on the point curves at ``c - se`` and ``c + se`` gives ``thresholds`` ``[low, high]``
     (scores; ``thresholds`` descending, as :func:`corrected_curve` gives them).
     """
-    se = completeness_standard_error(curve, completeness)
+    if se is None:
+        se = completeness_standard_error(curve, completeness)
     at = []
     for c in (max(0.01, completeness - se), min(1.0, completeness + se)):
         f1 = corrected_curve(curve, c)[2]
@@ -337,12 +343,12 @@ def validate(model: torch.nn.Module, micrographs, particle_diameter: float, radi
     precision, recall, f1, thresholds = corrected_curve(curve, completeness)
     rule = "max F1"
     f1_choice = f1
+    se = completeness_standard_error(curve, completeness)
     if completeness < COMPLETE_LABELS:
         # The threshold is chosen on the corrected F1 averaged over the completeness's error;
         # the stage is still ranked on the point estimate's maximum (selection_f1 below).
         rule += " (completeness-corrected, averaged over its binomial error)"
-        f1_choice = expected_corrected_f1(curve, completeness,
-                                          completeness_standard_error(curve, completeness))
+        f1_choice = expected_corrected_f1(curve, completeness, se)
     if len(thresholds):
         k, kt, uncertainty, rule = choose_threshold(f1_choice, thresholds, curve.n_true, rule,
                                                     polarised)
@@ -357,7 +363,7 @@ def validate(model: torch.nn.Module, micrographs, particle_diameter: float, radi
     if len(thresholds):
         if completeness < COMPLETE_LABELS:
             uncertainty["completeness"] = completeness_sensitivity(
-                curve, completeness, thresholds, rule, polarised)
+                curve, completeness, thresholds, rule, polarised, se)
         particle["threshold_uncertainty"] = uncertainty
         particle["threshold_curve"] = threshold_curve(f1_choice, precision, recall, thresholds,
                                                       kt)
