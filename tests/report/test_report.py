@@ -146,3 +146,26 @@ def test_report_says_why_self_training_was_skipped(tiny_experiment, tmp_path):
     (exp / "metrics.json").write_text(json.dumps(root))
     page = build_report(exp, device="cpu").read_text(encoding="utf-8")
     assert "no self-training: labels look complete (estimated completeness 0.97" in page
+
+
+def test_metrics_table_gives_the_completeness_error_and_each_stages_threshold_rule():
+    """Partial labels: the completeness column carries its standard error where validation
+    recorded one, and the note says which rule chose each stage's threshold."""
+    from selfpick.report.html import _metrics_table
+
+    def particle(c, se, rule):
+        p = {"precision": 0.5, "recall": 0.9, "f1": 0.64, "best_f1": 0.7,
+             "average_precision": 0.6, "tp": 9, "fp": 9, "fn": 1, "match_radius": 10.0,
+             "label_completeness": c, "corrected": {"f1": 0.9},
+             "threshold_rule": f"chosen on this split: {rule}"}
+        if se is not None:
+            p["threshold_uncertainty"] = {"completeness": {"estimate": c, "standard_error": se}}
+        return p
+
+    rows = [("iteration_0_supervised", particle(0.126, 0.025, "max F1 (averaged)"), {}, 0.5),
+            ("iteration_1_selftrain", particle(0.3, None, "max F1 (fresh student)"), {}, 0.9)]
+    html = _metrics_table(rows, "iteration_1_selftrain", "val split")
+    assert "<td>0.13 ± 0.03</td>" in html
+    assert "<td>0.30</td>" in html  # an older experiment without the error: the estimate alone
+    assert "iteration_0_supervised: max F1 (averaged)" in html
+    assert "iteration_1_selftrain: max F1 (fresh student)" in html

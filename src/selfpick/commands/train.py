@@ -16,40 +16,36 @@ Examples:
   # every flag can also come from a JSON/YAML file with the same names
   selfpick train --config settings.yaml --output-dir exp2
 
-With a few picks (say 100-300 particles on 1-5 micrographs; give every other micrograph too,
-without coordinates, or with --unlabeled-dir: they are used through pseudo-labels):
-  - validation: with 4 or more labelled micrographs, whole ones are held out (--val-fraction)
-    unless the held-out ones would carry fewer than 30 picks (sparse picks everywhere);
-    then, and with 1 or 2 (or 3 whose picks number 120 or more), a strip of a quarter of each
-    micrograph's rows is held out instead, never trained on or pseudo-labelled (config.json:
-    split.val_regions), and self-training then trains a fresh network on the pseudo-labels
-    rather than fine-tuning the supervised one (--student);
-  - the share of particles you picked (label completeness) is estimated on validation from
-    the picks the model is surest of; below 0.8 the threshold is chosen on precision
-    corrected for it, the F1 averaged over that estimate's binomial error (a share read
-    too high would put the threshold among the particles), and self-training runs (with
-    fewer than 30 labelled validation
-    particles, in the middle of the thresholds whose F1 is within one standard error of
-    the best, not at a random end of a flat curve, except for a fresh student, whose
-    scores crowd near 0 and 1); below 0.5 the supervised stage also
-    goes on for --pu-epochs (20) with a positive-unlabelled loss (unpicked particles are not
-    background) and keeps the model that validates better. The completeness is first read
-    after a quarter of the supervised epochs (--pu-after): when fewer than 15 in 100
-    particles look picked, measured on 30 or more labelled validation particles, supervised
-    training stops there, before it teaches the unpicked particles as background, and the
-    remaining epochs use the positive-unlabelled loss;
-  - self-training (--self-training-iterations, 1) turns confident peaks on every training
-    and unlabelled micrograph into pseudo-particles (at least half of the particles the
-    picks imply, however few validation particles vouch for them) and retrains with a
-    positive-unlabelled loss: the other pixels are unlabelled, not background, a share of
-    them (estimated from the number of picks) taken to be particles not picked yet
-    (--unpicked-pixels); best_model.pt is the latest stage that validates within one
-    standard error of the best.
-  training.log and metrics.json say for each stage the estimated completeness, the range of
-  thresholds the validation labels cannot tell apart, whether the positive-unlabelled model
-  was kept, how many pseudo-particles were added with their estimated precision and the
-  share of unlabelled pixels taken to be particles;
-  selfpick report shows it.
+With a few picks (say 100-300 particles on 1-5 micrographs), give every other micrograph
+too, without coordinates or with --unlabeled-dir: self-training learns from them. Then:
+  1. validation: 10 % of the labelled micrographs are held out (--val-fraction); with 1 or 2
+     labelled micrographs (3 with 120 picks or more), or picks so sparse that a held-out
+     micrograph would carry fewer than 30, a strip of a quarter of each one's rows instead,
+     never trained on or pseudo-labelled (config.json: split.val_regions);
+  2. the share of particles you picked (label completeness) is estimated on validation from
+     the picks the model is surest of, with its binomial error. Below 0.8 precision is
+     corrected for it and the threshold is where the corrected F1, averaged over that error,
+     is highest (a share read too high would put it among the particles); with fewer than 30
+     labelled validation particles, in the middle of the thresholds within one standard
+     error of the best (a fresh student, below, at the maximum: its scores crowd near 0 and 1);
+  3. below 0.5 (below 0.8 with fewer than 30 labelled validation particles) the supervised
+     stage goes on for --pu-epochs (20) with a positive-unlabelled loss (unpicked particles
+     are not background) and keeps the model that validates better (with fewer than 30, the
+     positive-unlabelled one). The share is first read after a quarter of the supervised
+     epochs (--pu-after); under 0.15, read on 30 or more labelled validation particles,
+     supervised training stops there and the remaining epochs use the positive-unlabelled
+     loss;
+  4. self-training (--self-training-iterations, 1; skipped from 0.8 on) turns confident peaks
+     on every training and unlabelled micrograph into pseudo-particles (at least half of the
+     particles the picks imply) and trains with a positive-unlabelled loss: other pixels are
+     unlabelled, a share of them taken to be particles not picked yet (--unpicked-pixels).
+     With strip validation it trains a fresh network on the pseudo-labels instead of
+     fine-tuning the supervised one (--student, --student-epochs);
+  5. best_model.pt is the latest stage that validates within one standard error of the best.
+  training.log, metrics.json and selfpick report say for each stage the estimated
+  completeness and its error, the thresholds the validation picks cannot tell apart, whether
+  the positive-unlabelled model was kept, and how many pseudo-particles were added with their
+  estimated precision.
 
 The experiment folder gets config.json, training.log, metrics.json, one folder per stage
 (model.pt, metrics.json, visualization.png), best_model.pt and final_model.pt. Pick with

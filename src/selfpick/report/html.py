@@ -530,7 +530,7 @@ def _metrics_table(rows: list[tuple[str, dict, dict, float | None]], best: str,
                 f"{p.get('tp', '?')} / {p.get('fp', '?')} / {p.get('fn', '?')}"]
         if corrected:
             c = p.get("corrected") or {}
-            vals += [_n(c.get("f1")) if c else "—", _n(p.get("label_completeness"), 2)]
+            vals += [_n(c.get("f1")) if c else "—", _completeness_cell(p)]
         vals += [_n(x.get("precision")), _n(x.get("recall")), _n(x.get("f1")),
                  _n(x.get("iou")), _n(x.get("roc_auc")), _n(x.get("pr_auc"))]
         cells += [f"<td>{v}</td>" for v in vals]
@@ -539,13 +539,31 @@ def _metrics_table(rows: list[tuple[str, dict, dict, float | None]], best: str,
     if corrected:
         from selfpick.training.validate import FEW_VALIDATION_PARTICLES
 
+        rules = {}
+        for stage, p, _, _ in rows:
+            rule = str(p.get("threshold_rule") or "").removeprefix("chosen on this split: ")
+            if rule:
+                rules.setdefault(rule, []).append(stage)
+        how = "; ".join(f"{', '.join(stages)}: {rule}" for rule, stages in rules.items())
         h.append('<p class="note">* Precision divided by the estimated label completeness '
-                 '(the share of confidently picked particles that carry a label): when labels '
-                 'are incomplete, real but unlabelled particles would otherwise count as false '
-                 'positives. The threshold was chosen on this corrected F1 (with fewer than '
-                 f'{FEW_VALIDATION_PARTICLES} labelled validation particles, in the middle of '
-                 'the thresholds within one standard error of its maximum).</p>')
+                 '(the share of confidently picked particles that carry a label, ± its '
+                 'binomial standard error): when labels are incomplete, real but unlabelled '
+                 'particles would otherwise count as false positives. The threshold was chosen '
+                 'on this corrected F1, averaged over the completeness\'s error (with fewer '
+                 f'than {FEW_VALIDATION_PARTICLES} labelled validation particles, in the middle '
+                 'of the thresholds within one standard error of its maximum'
+                 + (f"; per stage: {_e(how)}" if how else "") + ').</p>')
     return "".join(h)
+
+
+def _completeness_cell(p: dict) -> str:
+    """The label completeness of a stage's validation, with its binomial standard error
+    when validation recorded one (``threshold_uncertainty.completeness``)."""
+    c = p.get("label_completeness")
+    se = ((p.get("threshold_uncertainty") or {}).get("completeness") or {}).get("standard_error")
+    if c is None or se is None:
+        return _n(c, 2)
+    return f"{_n(c, 2)} ± {_n(se, 2)}"
 
 
 def _pct(v) -> str:
