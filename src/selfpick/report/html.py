@@ -537,22 +537,23 @@ def _metrics_table(rows: list[tuple[str, dict, dict, float | None]], best: str,
         h.append(f'<tr class="{"best" if is_best else ""}">' + "".join(cells) + "</tr>")
     h.append("</tbody></table>")
     if corrected:
-        from selfpick.training.validate import FEW_VALIDATION_PARTICLES
+        from selfpick.training.validate import FEW_VALIDATION_PARTICLES, THRESHOLD_RULE_PREFIX
 
-        rules = {}
+        rules: dict[str, list[str]] = {}
         for stage, p, _, _ in rows:
-            rule = str(p.get("threshold_rule") or "").removeprefix("chosen on this split: ")
+            rule = str(p.get("threshold_rule") or "").removeprefix(THRESHOLD_RULE_PREFIX)
             if rule:
                 rules.setdefault(rule, []).append(stage)
-        how = "; ".join(f"{', '.join(stages)}: {rule}" for rule, stages in rules.items())
+        # Experiments saved before the rule was recorded get the general description.
+        how = ("; ".join(f"{', '.join(stages)}: {rule}" for rule, stages in rules.items())
+               if rules else
+               f"with fewer than {FEW_VALIDATION_PARTICLES} labelled validation particles, in "
+               "the middle of the thresholds within one standard error of its maximum")
         h.append('<p class="note">* Precision divided by the estimated label completeness '
                  '(the share of confidently picked particles that carry a label, ± its '
                  'binomial standard error): when labels are incomplete, real but unlabelled '
                  'particles would otherwise count as false positives. The threshold was chosen '
-                 'on this corrected F1, averaged over the completeness\'s error (with fewer '
-                 f'than {FEW_VALIDATION_PARTICLES} labelled validation particles, in the middle '
-                 'of the thresholds within one standard error of its maximum'
-                 + (f"; per stage: {_e(how)}" if how else "") + ').</p>')
+                 f'on this corrected F1 ({_e(how)}).</p>')
     return "".join(h)
 
 
