@@ -149,12 +149,16 @@ def main() -> int:
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
         return oracle_train(sys.argv[2], sys.argv[4:])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dataset", default="10017", choices=list(DATASETS))
-    ap.add_argument("--budget", default="B2", choices=("B1", "B2", "B3"))
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--dataset", default="10017", choices=list(DATASETS),
+                    help="real data set (its curated picks are the oracle)")
+    ap.add_argument("--budget", default="B2", choices=("B1", "B2", "B3"),
+                    help="few-picks budget, drawn as bench/fewpicks.py draws it")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                    help="draws (each seed another random draw of picks)")
     ap.add_argument("--work", required=True,
                     help="a bench/fewpicks.py working folder (draws not there are run)")
-    ap.add_argument("--output", default=str(accuracy.RESULTS / "pseudolabel_oracle.json"))
+    ap.add_argument("--output", default=str(accuracy.RESULTS / "pseudolabel_oracle.json"),
+                    help="results JSON (default: bench/results/pseudolabel_oracle.json)")
     args = ap.parse_args()
     ds = DATASETS[args.dataset]
     if not ds.available():
