@@ -139,15 +139,18 @@ def evaluate(picks: Path, test_mics: Path, threshold: float | None, out: Path,
 
 
 def score_stages(exp: Path, mics: Path, log_path: Path, prefix: str,
-                 pick_args: list[str] = (), ds: RealDataset = BETAGAL) -> dict[str, dict]:
-    """Every stage's model of experiment ``exp`` picked on ``mics`` and scored at its own
-    threshold: ``{stage: {threshold, precision, recall, f1, best_f1, average_precision,
-    pick_seconds_per_micrograph, validation_f1}}``. Picks and metrics go to
-    ``exp/{prefix}_picks_{stage}`` and ``exp/{prefix}_metrics_{stage}.json``."""
+                 pick_args: list[str] = (), ds: RealDataset = BETAGAL,
+                 stages: set[str] | None = None) -> dict[str, dict]:
+    """Every stage's model of experiment ``exp`` (or those named in ``stages``) picked on
+    ``mics`` and scored at its own threshold: ``{stage: {threshold, precision, recall, f1,
+    best_f1, average_precision, pick_seconds_per_micrograph, validation_f1}}``. Picks and
+    metrics go to ``exp/{prefix}_picks_{stage}`` and ``exp/{prefix}_metrics_{stage}.json``."""
     n_mics = len(list(mics.glob(f"*{ds.ext}")))
     out = {}
     for s in json.loads((exp / "metrics.json").read_text())["stages"]:
         stage, thr = s["stage"], s["threshold"]
+        if stages is not None and stage not in stages:
+            continue
         picks = exp / f"{prefix}_picks_{stage}"
         t_pick = pick_all(exp / stage / "model.pt", mics, picks, log_path, pick_args)
         p = evaluate(picks / "autopick.star", mics, thr, exp / f"{prefix}_metrics_{stage}.json",
@@ -239,7 +242,7 @@ REFERENCES = {
               ("Topaz 0.3.20 pretrained (resnet16_u64)", 0.790, 0.827, 0.722),
               ("label ceiling: selfpick 0.5.0 trained on all 10 micrographs, test ones "
                "included", 0.881, 0.882, 0.897),
-              ("label ceiling: today's defaults trained on all 10 micrographs, test ones "
+              ("label ceiling: selfpick 0.6.0 trained on all 10 micrographs, test ones "
                "included (3 seeds, 2026-12-01)", 0.889, 0.896, 0.928)],
 }
 

@@ -32,15 +32,19 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import accuracy  # noqa: E402
 import fewpicks  # noqa: E402
 from realdata import DATASETS  # noqa: E402
 
+from selfpick.io.coords import read_coordinates  # noqa: E402
+
 STUDENT = "iteration_1_selftrain"
 SUPERVISED = "iteration_0_supervised"
+# What the oracle did to the pseudo-particles, written by the training child into its
+# experiment folder: {"kept": n, "demoted": m}.
+COUNTS = "oracle_pseudo_particles.json"
 
 
 def demote_uncurated(xy: np.ndarray, scores: np.ndarray, curated: np.ndarray, radius: float,
@@ -62,9 +66,10 @@ def demote_uncurated(xy: np.ndarray, scores: np.ndarray, curated: np.ndarray, ra
     return out, int(np.count_nonzero(sure & near)), int(np.count_nonzero(demote))
 
 
-def oracle_train(key: str, argv: list[str]) -> int:
+def oracle_train(key: str, argv: list[str], counts_path: Path) -> int:
     """``selfpick train argv`` with the curated picks filtering the pseudo-particles (runs in
-    a child process, so the patch never leaks into anything else)."""
+    a child process, so the patch never leaks into anything else); the numbers kept and
+    demoted go to ``counts_path``."""
     import selfpick.training.experiment as experiment
     from selfpick.cli import main as selfpick_main
 
@@ -75,12 +80,11 @@ def oracle_train(key: str, argv: list[str]) -> int:
     def with_names(k, cfg, ts, model, device, val, stage_dir, progress):
         pool = ts.subset("train") + ts.subset("unlabeled")  # the order _pseudo_labels uses
         state["names"] = [m.name for m in pool]
-        state["curated"] = {m.name: m.scale.to_model(pd.read_csv(
-            ds.coordinates / f"{m.name}.csv").iloc[:, :2].to_numpy(float)) for m in pool}
+        state["curated"] = {m.name: m.scale.to_model(read_coordinates(
+            ds.coordinates / f"{m.name}.csv")[["x", "y"]].to_numpy(float)) for m in pool}
         state["radius"] = ds.radius / ts.downsample  # the match radius, model pixels
         out = pseudo_labels(k, cfg, ts, model, device, val, stage_dir, progress)
-        print(f"oracle: {state['kept']} pseudo-particles kept, {state['dropped']} not curated "
-              "made ignored disks", flush=True)
+        counts_path.write_text(json.dumps({"kept": state["kept"], "demoted": state["dropped"]}))
         return out
 
     def filtered(prob, xy, scores, gt, labelled, radius, pos_score, neg, tcfg):
@@ -117,13 +121,14 @@ def one_draw(work: Path, key: str, budget: str, seed: int) -> dict:
             "--seed", str(seed), "--resume", "--self-training-iterations", "1", "-q"]
     t0 = time.perf_counter()
     with open(log_path, "a") as log:
-        proc = subprocess.run([sys.executable, __file__, "--child", key, "--", *argv],
+        proc = subprocess.run([sys.executable, __file__, "--child", key, str(orc / COUNTS),
+                               "--", *argv],
                               stdout=log, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         raise SystemExit(f"oracle training failed ({proc.returncode}); see {log_path}")
     seconds = time.perf_counter() - t0
-    oracle = accuracy.score_stages(orc, te, log_path, "test", (), ds)
-    counts = [ln for ln in log_path.read_text().splitlines() if ln.startswith("oracle:")][-1]
+    oracle = accuracy.score_stages(orc, te, log_path, "test", (), ds, stages={STUDENT})
+    counts = json.loads((orc / COUNTS).read_text())
     return {"dataset": key, "budget": budget, "seed": seed,
             "iteration_0": default[SUPERVISED], "student": default.get(STUDENT),
             "oracle_student": oracle[STUDENT], "oracle_pseudo_particles": counts,
@@ -147,7 +152,7 @@ def summary(runs: list[dict]) -> dict:
 
 def main() -> int:
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
-        return oracle_train(sys.argv[2], sys.argv[4:])
+        return oracle_train(sys.argv[2], sys.argv[5:], Path(sys.argv[3]))
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", default="10017", choices=list(DATASETS),
                     help="real data set (its curated picks are the oracle)")
@@ -172,8 +177,9 @@ def main() -> int:
         line = "; ".join(f"{s} {r[s]['f1']:.3f} / {r[s]['best_f1']:.3f} / "
                          f"{r[s]['average_precision']:.3f}"
                          for s in ("iteration_0", "student", "oracle_student") if r.get(s))
+        c = r["oracle_pseudo_particles"]
         print(f"{args.dataset} {args.budget} draw {seed} (F1 / best F1 / AP): {line}; "
-              f"{r['oracle_pseudo_particles']}", flush=True)
+              f"pseudo-particles kept {c['kept']}, demoted {c['demoted']}", flush=True)
     out = Path(args.output)
     out.write_text(json.dumps({
         "benchmark": "pseudolabel_oracle", "dataset": ds.title, "budget": args.budget,
